@@ -1,0 +1,305 @@
+//! Socket I/O for one WebSocket connection: reads into a scratch buffer on
+//! the stack and feeds the [`Decoder`]; writes whatever the connection's
+//! [`Outbox`] holds with vectored writes, a batch at a time.
+//!
+//! One task drives both directions with a single poll function, so an idle
+//! connection is one small future: no read buffer, no write buffer, no
+//! second task. Generic over the stream so TLS can slot in later.
+//!
+//! Backpressure: while the outbox is half full the connection stops reading
+//! from its client. A client that floods requests without reading replies
+//! then fills its own TCP window instead of the server's memory.
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+use crate::outbox::Outbox;
+use crate::stats::Stats;
+use crate::ws::{Decoder, Event, ProtocolError};
+
+/// Size of the on-stack read buffer.
+const READ_CHUNK: usize = 16 * 1024;
+/// Reads per poll before yielding to other tasks.
+const READS_PER_POLL: usize = 8;
+/// Most frames in one vectored write.
+const MAX_IOV: usize = 64;
+/// Roughly the most bytes taken from the outbox for one batch.
+const BATCH_BYTES: usize = 256 * 1024;
+
+/// What the connection's task must handle next.
+#[derive(Debug)]
+pub enum Incoming {
+    /// A frame from the client.
+    Event(Event),
+    /// Someone asked this connection to close with a code.
+    CloseRequested(u16),
+    /// The timer set with [`Conn::set_timer`] fired.
+    Timer,
+    /// The client closed TCP without a close handshake.
+    Eof,
+}
+
+/// Why the connection cannot continue.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    /// The client broke the protocol; fail the connection with its code.
+    #[error("protocol error: {0}")]
+    Protocol(#[from] ProtocolError),
+    /// The socket failed.
+    #[error("socket error: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// One WebSocket connection's socket, decoder and outbound batch.
+#[derive(Debug)]
+pub struct Conn<S> {
+    io: S,
+    decoder: Decoder,
+    /// The decoder failed; ignore further input. The error is reported
+    /// after the events decoded before it (so a message that preceded a
+    /// violation is still answered, as Autobahn's strict cases expect).
+    decoder_failed: bool,
+    pending_error: Option<ProtocolError>,
+    /// Events decoded from the last read, not yet handed out.
+    events: VecDeque<Event>,
+    outbox: Arc<Outbox>,
+    /// Frames taken from the outbox, the first possibly partly written.
+    batch: VecDeque<Bytes>,
+    /// Something was written since the last flush (matters for TLS).
+    unflushed: bool,
+    read_eof: bool,
+    /// When the last bytes arrived from the client.
+    last_read: Instant,
+    timer: Option<Pin<Box<Sleep>>>,
+    stats: Arc<Stats>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    /// Wrap an upgraded stream.
+    pub fn new(io: S, outbox: Arc<Outbox>, max_message: usize, stats: Arc<Stats>) -> Self {
+        Self {
+            io,
+            decoder: Decoder::new(max_message),
+            decoder_failed: false,
+            pending_error: None,
+            events: VecDeque::new(),
+            outbox,
+            batch: VecDeque::new(),
+            unflushed: false,
+            read_eof: false,
+            last_read: Instant::now(),
+            timer: None,
+            stats,
+        }
+    }
+
+    /// The connection's outbox.
+    pub fn outbox(&self) -> &Arc<Outbox> {
+        &self.outbox
+    }
+
+    /// When bytes last arrived from the client.
+    pub fn last_read(&self) -> Instant {
+        self.last_read
+    }
+
+    /// Whether the client is in the middle of sending a message.
+    pub fn mid_message(&self) -> bool {
+        self.decoder.in_message()
+    }
+
+    /// Fire [`Incoming::Timer`] at `deadline`.
+    pub fn set_timer(&mut self, deadline: Instant) {
+        match &mut self.timer {
+            Some(t) => t.as_mut().reset(deadline),
+            None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+        }
+    }
+
+    /// Decode bytes that arrived before the connection was handed over
+    /// (sent by the client right after its handshake request). Events and
+    /// errors come out of [`Conn::next`].
+    pub fn feed(&mut self, bytes: &[u8]) {
+        self.decode(bytes);
+    }
+
+    fn decode(&mut self, bytes: &[u8]) {
+        if self.decoder_failed {
+            return;
+        }
+        let mut out = Vec::new();
+        let r = self.decoder.feed(bytes, &mut out);
+        self.events.extend(out);
+        if let Err(e) = r {
+            self.decoder_failed = true;
+            self.pending_error = Some(e);
+        }
+    }
+
+    /// Wait for the next thing to handle, writing queued frames meanwhile.
+    pub async fn next(&mut self) -> Result<Incoming, ConnError> {
+        poll_fn(|cx| self.poll_next(cx)).await
+    }
+
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Result<Incoming, ConnError>> {
+        if let Some(code) = self.outbox.close_requested() {
+            return Poll::Ready(Ok(Incoming::CloseRequested(code)));
+        }
+        if let Poll::Ready(Err(e)) = self.poll_write_out(cx) {
+            return Poll::Ready(Err(e.into()));
+        }
+        if let Some(ev) = self.events.pop_front() {
+            return Poll::Ready(Ok(Incoming::Event(ev)));
+        }
+        if let Some(e) = self.pending_error.take() {
+            return Poll::Ready(Err(e.into()));
+        }
+        if !self.read_eof && !self.outbox.is_congested() {
+            let mut reads = 0;
+            loop {
+                if reads == READS_PER_POLL {
+                    // Still readable: yield to other tasks, but come back.
+                    cx.waker().wake_by_ref();
+                    break;
+                }
+                reads += 1;
+                match self.poll_read_chunk(cx) {
+                    Poll::Ready(Ok(0)) => {
+                        self.read_eof = true;
+                        return Poll::Ready(Ok(Incoming::Eof));
+                    }
+                    Poll::Ready(Ok(_)) => {
+                        if let Some(ev) = self.events.pop_front() {
+                            return Poll::Ready(Ok(Incoming::Event(ev)));
+                        }
+                        if let Some(e) = self.pending_error.take() {
+                            return Poll::Ready(Err(e.into()));
+                        }
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => break,
+                }
+                if self.outbox.is_congested() {
+                    break;
+                }
+            }
+        }
+        if let Some(t) = &mut self.timer
+            && t.as_mut().poll(cx).is_ready()
+        {
+            // Park the timer far away until the session sets it again.
+            t.as_mut()
+                .reset(Instant::now() + std::time::Duration::from_secs(86400 * 365));
+            return Poll::Ready(Ok(Incoming::Timer));
+        }
+        Poll::Pending
+    }
+
+    /// Read once into a stack buffer and decode it; returns the byte count.
+    fn poll_read_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Result<usize, ConnError>> {
+        let mut storage = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+        let mut buf = ReadBuf::uninit(&mut storage);
+        ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf))?;
+        let n = buf.filled().len();
+        if n > 0 {
+            self.last_read = Instant::now();
+            self.stats.bytes_in.fetch_add(n as u64, Relaxed);
+            self.decode(buf.filled());
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    /// Write from the batch and the outbox until both are empty or the
+    /// socket would block. `Ready(Ok)` means everything queued is written.
+    fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.outbox.register(cx);
+        loop {
+            if self.batch.is_empty() {
+                self.outbox.pop_batch(&mut self.batch, MAX_IOV, BATCH_BYTES);
+                if self.batch.is_empty() {
+                    if self.batch.capacity() > MAX_IOV {
+                        self.batch = VecDeque::new();
+                    }
+                    if self.unflushed {
+                        ready!(Pin::new(&mut self.io).poll_flush(cx))?;
+                        self.unflushed = false;
+                    }
+                    return Poll::Ready(Ok(()));
+                }
+            }
+            let mut slices = [IoSlice::new(&[]); MAX_IOV];
+            let mut n = 0;
+            for (slot, frame) in slices.iter_mut().zip(self.batch.iter()) {
+                *slot = IoSlice::new(frame);
+                n += 1;
+            }
+            let written = ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..n]))?;
+            if written == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.unflushed = true;
+            self.advance(written);
+        }
+    }
+
+    /// Account `n` written bytes against the batch.
+    fn advance(&mut self, mut n: usize) {
+        let total = n;
+        let mut frames = 0;
+        while let Some(head) = self.batch.front_mut() {
+            if head.len() <= n {
+                n -= head.len();
+                self.batch.pop_front();
+                frames += 1;
+            } else {
+                head.advance(n);
+                break;
+            }
+        }
+        self.outbox.written(frames, total);
+        self.stats.bytes_out.fetch_add(total as u64, Relaxed);
+        self.stats.messages_out.fetch_add(frames as u64, Relaxed);
+    }
+
+    /// Write everything queued, then shut down the write side (our FIN
+    /// follows the close frame), then read until the client's Close or EOF.
+    /// Bounded by `deadline`.
+    pub async fn finish(&mut self, deadline: Instant) {
+        let work = async {
+            if poll_fn(|cx| self.poll_write_out(cx)).await.is_err() {
+                return;
+            }
+            if poll_fn(|cx| Pin::new(&mut self.io).poll_shutdown(cx))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            // Events decoded earlier may already hold the client's Close.
+            if self.events.iter().any(|e| matches!(e, Event::Close(_))) {
+                return;
+            }
+            loop {
+                match poll_fn(|cx| self.poll_read_chunk(cx)).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {
+                        if self.events.drain(..).any(|e| matches!(e, Event::Close(_))) {
+                            return;
+                        }
+                    }
+                }
+            }
+        };
+        let _ = tokio::time::timeout_at(deadline, work).await;
+    }
+}

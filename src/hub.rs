@@ -1,0 +1,384 @@
+//! The local registry: connections by id and groups by name, sharded so that
+//! joins, leaves and publishes on different groups rarely meet on a lock.
+//!
+//! Fan-out takes the group's read lock, pushes one reference-counted frame
+//! into each member's [`Outbox`] (lock-free) and applies the slow-consumer
+//! policy to members whose queue is full. Counters are added once per
+//! publication, not once per recipient.
+//!
+//! Lock order: group shard, then group. No lock is held across an `.await`.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use bytes::Bytes;
+use indexmap::IndexMap;
+
+use crate::config::SlowConsumerPolicy;
+use crate::disconnect::Disconnect;
+use crate::outbox::{ConnId, Outbox, PushError};
+use crate::stats::Stats;
+
+const GROUP_SHARDS: usize = 64;
+const CONN_SHARDS: usize = 16;
+
+/// Members of one group, in insertion order, removable in O(1).
+#[derive(Debug, Default)]
+struct Group {
+    members: RwLock<IndexMap<ConnId, Arc<Outbox>>>,
+}
+
+type GroupMap = HashMap<Arc<str>, Arc<Group>>;
+type ConnMap = HashMap<ConnId, Arc<Outbox>>;
+
+/// Settings the hub needs from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct HubConfig {
+    /// Queue limit in frames per connection.
+    pub queue_messages: usize,
+    /// Queue limit in bytes per connection.
+    pub queue_bytes: usize,
+    /// What to do when a member's queue is full.
+    pub policy: SlowConsumerPolicy,
+    /// Do not deliver a publication back to its publisher.
+    pub no_echo: bool,
+}
+
+/// Result of a join.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Joined {
+    /// The interned group name (shared with the hub's map).
+    pub name: Arc<str>,
+    /// The connection was not a member before.
+    pub new_member: bool,
+    /// The group did not exist locally before (first local member).
+    pub created: bool,
+}
+
+/// Outcome counts of one fan-out.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Fanout {
+    /// Frames queued.
+    pub delivered: usize,
+    /// Frames skipped under the `drop` policy.
+    pub dropped: usize,
+    /// Members told to disconnect under the `disconnect` policy.
+    pub disconnected: usize,
+}
+
+/// Connections and groups of this node.
+#[derive(Debug)]
+pub struct Hub {
+    groups: Box<[Mutex<GroupMap>]>,
+    conns: Box<[Mutex<ConnMap>]>,
+    hasher: RandomState,
+    next_id: AtomicU64,
+    group_count: AtomicU64,
+    config: HubConfig,
+    stats: Arc<Stats>,
+}
+
+impl Hub {
+    /// An empty hub.
+    pub fn new(config: HubConfig, stats: Arc<Stats>) -> Self {
+        Self {
+            groups: (0..GROUP_SHARDS).map(|_| Mutex::default()).collect(),
+            conns: (0..CONN_SHARDS).map(|_| Mutex::default()).collect(),
+            hasher: RandomState::new(),
+            next_id: AtomicU64::new(1),
+            group_count: AtomicU64::new(0),
+            config,
+            stats,
+        }
+    }
+
+    /// Shared counters.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    fn group_shard(&self, name: &str) -> &Mutex<GroupMap> {
+        &self.groups[self.hasher.hash_one(name) as usize % GROUP_SHARDS]
+    }
+
+    fn conn_shard(&self, id: ConnId) -> &Mutex<ConnMap> {
+        &self.conns[id as usize % CONN_SHARDS]
+    }
+
+    /// Register a new connection and return its outbox (with a fresh id).
+    pub fn register(&self) -> Arc<Outbox> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let outbox = Arc::new(Outbox::new(
+            id,
+            self.config.queue_messages,
+            self.config.queue_bytes,
+        ));
+        lock(self.conn_shard(id)).insert(id, outbox.clone());
+        self.stats.connections.fetch_add(1, Ordering::Relaxed);
+        self.stats.connections_total.fetch_add(1, Ordering::Relaxed);
+        outbox
+    }
+
+    /// Remove a connection from the registry. The caller has already left its
+    /// groups (see [`Hub::leave`]).
+    pub fn unregister(&self, id: ConnId) {
+        if lock(self.conn_shard(id)).remove(&id).is_some() {
+            self.stats.connections.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Look up a connection by id.
+    pub fn connection(&self, id: ConnId) -> Option<Arc<Outbox>> {
+        lock(self.conn_shard(id)).get(&id).cloned()
+    }
+
+    /// Add `conn` to `group` (idempotent).
+    pub fn join(&self, group: &str, conn: &Arc<Outbox>) -> Joined {
+        let mut shard = lock(self.group_shard(group));
+        let (name, g, created) = match shard.get_key_value(group) {
+            Some((k, g)) => (k.clone(), g.clone(), false),
+            None => {
+                let name: Arc<str> = Arc::from(group);
+                let g = Arc::new(Group::default());
+                shard.insert(name.clone(), g.clone());
+                self.group_count.fetch_add(1, Ordering::Relaxed);
+                (name, g, true)
+            }
+        };
+        let new_member = write(&g.members).insert(conn.id(), conn.clone()).is_none();
+        Joined {
+            name,
+            new_member,
+            created,
+        }
+    }
+
+    /// Remove connection `id` from `group` (idempotent). Returns
+    /// `(was_member, group_removed)`; an empty group is removed at once.
+    pub fn leave(&self, group: &str, id: ConnId) -> (bool, bool) {
+        let mut shard = lock(self.group_shard(group));
+        let Some(g) = shard.get(group).cloned() else {
+            return (false, false);
+        };
+        let mut members = write(&g.members);
+        let was_member = members.swap_remove(&id).is_some();
+        let removed = members.is_empty();
+        drop(members);
+        if removed {
+            shard.remove(group);
+            self.group_count.fetch_sub(1, Ordering::Relaxed);
+        }
+        (was_member, removed)
+    }
+
+    /// Number of groups with members.
+    pub fn group_count(&self) -> u64 {
+        self.group_count.load(Ordering::Relaxed)
+    }
+
+    /// Members of `group`.
+    pub fn member_count(&self, group: &str) -> usize {
+        let g = lock(self.group_shard(group)).get(group).cloned();
+        g.map_or(0, |g| read(&g.members).len())
+    }
+
+    /// Queue `frame` for every member of `group` except `from` when echo is
+    /// off. One frame, shared by all.
+    pub fn fanout(&self, group: &str, frame: &Bytes, from: Option<ConnId>) -> Fanout {
+        let Some(g) = lock(self.group_shard(group)).get(group).cloned() else {
+            self.stats.broadcasts.fetch_add(1, Ordering::Relaxed);
+            return Fanout::default();
+        };
+        let skip = if self.config.no_echo { from } else { None };
+        let mut out = Fanout::default();
+        {
+            let members = read(&g.members);
+            for (&id, outbox) in members.iter() {
+                if Some(id) != skip {
+                    self.offer(outbox, frame, &mut out);
+                }
+            }
+        }
+        self.count(&out);
+        out
+    }
+
+    /// Queue `frame` for one connection; `None` if it is not connected.
+    pub fn send_to(&self, id: ConnId, frame: &Bytes) -> Option<Fanout> {
+        let outbox = self.connection(id)?;
+        let mut out = Fanout::default();
+        self.offer(&outbox, frame, &mut out);
+        self.count(&out);
+        Some(out)
+    }
+
+    /// Queue `frame` for every connection.
+    pub fn broadcast(&self, frame: &Bytes) -> Fanout {
+        let mut out = Fanout::default();
+        for shard in self.conns.iter() {
+            let conns = lock(shard);
+            for outbox in conns.values() {
+                self.offer(outbox, frame, &mut out);
+            }
+        }
+        self.count(&out);
+        out
+    }
+
+    /// Ask every connection to close with `code` after what is queued.
+    pub fn close_all(&self, code: Disconnect) {
+        for shard in self.conns.iter() {
+            for outbox in lock(shard).values() {
+                outbox.request_close(code.code());
+            }
+        }
+    }
+
+    fn offer(&self, outbox: &Outbox, frame: &Bytes, out: &mut Fanout) {
+        match outbox.try_push(frame.clone()) {
+            Ok(()) => out.delivered += 1,
+            Err(PushError::Closing) => {}
+            Err(PushError::Full) => match self.config.policy {
+                SlowConsumerPolicy::Drop => out.dropped += 1,
+                SlowConsumerPolicy::Disconnect => {
+                    if outbox.request_close(Disconnect::SlowConsumer.code()) {
+                        out.disconnected += 1;
+                    }
+                }
+            },
+        }
+    }
+
+    fn count(&self, out: &Fanout) {
+        let s = &self.stats;
+        s.broadcasts.fetch_add(1, Ordering::Relaxed);
+        if out.delivered > 0 {
+            s.deliveries.fetch_add(out.delivered as u64, Ordering::Relaxed);
+        }
+        if out.dropped > 0 {
+            s.dropped.fetch_add(out.dropped as u64, Ordering::Relaxed);
+        }
+        if out.disconnected > 0 {
+            s.slow_consumer_disconnects
+                .fetch_add(out.disconnected as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Lock a mutex, ignoring poisoning: every critical section here leaves the
+/// maps consistent (inserts and removes only), so a panic elsewhere must not
+/// take the whole hub down with it.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hub(policy: SlowConsumerPolicy, no_echo: bool) -> Hub {
+        let cfg = HubConfig {
+            queue_messages: 2,
+            queue_bytes: 1 << 20,
+            policy,
+            no_echo,
+        };
+        Hub::new(cfg, Arc::default())
+    }
+
+    #[test]
+    fn join_leave_are_idempotent_and_groups_vanish() {
+        let h = hub(SlowConsumerPolicy::Disconnect, false);
+        let a = h.register();
+        let b = h.register();
+        assert_ne!(a.id(), b.id());
+        let j = h.join("g", &a);
+        assert!(j.new_member && j.created);
+        let j = h.join("g", &a);
+        assert!(!j.new_member && !j.created);
+        assert!(!h.join("g", &b).created);
+        assert_eq!((h.group_count(), h.member_count("g")), (1, 2));
+        assert_eq!(h.leave("g", a.id()), (true, false));
+        assert_eq!(h.leave("g", a.id()), (false, false));
+        assert_eq!(h.leave("g", b.id()), (true, true));
+        assert_eq!((h.group_count(), h.member_count("g")), (0, 0));
+        assert_eq!(h.leave("nope", 1), (false, false));
+    }
+
+    #[test]
+    fn fanout_shares_one_frame_and_applies_policies() {
+        for policy in [SlowConsumerPolicy::Drop, SlowConsumerPolicy::Disconnect] {
+            let h = hub(policy, false);
+            let a = h.register();
+            let b = h.register();
+            h.join("g", &a);
+            h.join("g", &b);
+            let frame = Bytes::from_static(b"xx");
+            assert_eq!(h.fanout("g", &frame, Some(a.id())).delivered, 2);
+            // Drain a only; b is slow.
+            let mut batch = Vec::new();
+            a.pop_batch(&mut batch, 10, 100);
+            assert!(
+                batch.iter().all(|f| f.as_ptr() == frame.as_ptr()),
+                "same bytes, no copy"
+            );
+            a.written(batch.len(), 2 * batch.len());
+            h.fanout("g", &frame, None);
+            let out = h.fanout("g", &frame, None);
+            match policy {
+                SlowConsumerPolicy::Drop => {
+                    assert_eq!(
+                        out,
+                        Fanout {
+                            delivered: 1,
+                            dropped: 1,
+                            disconnected: 0
+                        }
+                    );
+                    assert_eq!(b.close_requested(), None);
+                }
+                SlowConsumerPolicy::Disconnect => {
+                    assert_eq!(
+                        out,
+                        Fanout {
+                            delivered: 1,
+                            dropped: 0,
+                            disconnected: 1
+                        }
+                    );
+                    assert_eq!(b.close_requested(), Some(Disconnect::SlowConsumer.code()));
+                    // Counted once even though more frames are refused.
+                    assert_eq!(h.send_to(b.id(), &frame).unwrap(), Fanout::default());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn no_echo_skips_the_publisher() {
+        let h = hub(SlowConsumerPolicy::Drop, true);
+        let a = h.register();
+        let b = h.register();
+        h.join("g", &a);
+        h.join("g", &b);
+        assert_eq!(
+            h.fanout("g", &Bytes::from_static(b"x"), Some(a.id())).delivered,
+            1
+        );
+        assert_eq!((a.len(), b.len()), (0, 1));
+        assert!(h.send_to(999, &Bytes::new()).is_none());
+        assert_eq!(h.send_to(a.id(), &Bytes::new()).unwrap().delivered, 1);
+        h.unregister(a.id());
+        assert!(h.connection(a.id()).is_none());
+    }
+}

@@ -1,0 +1,61 @@
+//! The whole of one running roomcast process, as a cheap-to-clone handle:
+//! configuration, hub, broker, counters, and the shutdown machinery.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::broker::{Broker, MemoryBroker};
+use crate::config::Config;
+use crate::hub::{Hub, HubConfig};
+use crate::stats::Stats;
+
+/// Shared state of the server.
+pub struct Node {
+    /// Effective configuration.
+    pub config: Config,
+    /// Local connections and groups.
+    pub hub: Arc<Hub>,
+    /// Where publications go.
+    pub broker: Arc<dyn Broker>,
+    /// Counters.
+    pub stats: Arc<Stats>,
+    /// Cancelled when shutdown starts.
+    pub shutdown: CancellationToken,
+    /// Every connection task, so shutdown can wait for them.
+    pub tracker: TaskTracker,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// A node with the in-memory broker.
+    pub fn new(config: Config) -> Arc<Self> {
+        let stats = Arc::new(Stats::default());
+        let hub = Arc::new(Hub::new(
+            HubConfig {
+                queue_messages: config.queue_messages,
+                queue_bytes: config.queue_bytes,
+                policy: config.slow_consumer,
+                no_echo: config.no_echo,
+            },
+            stats.clone(),
+        ));
+        let broker = Arc::new(MemoryBroker::new(hub.clone()));
+        Arc::new(Self {
+            config,
+            hub,
+            broker,
+            stats,
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        })
+    }
+}

@@ -1,0 +1,530 @@
+//! The roomcast wire protocol on top of WebSocket messages (see
+//! `docs/protocol.md`): JSON requests in text frames, a compact binary form in
+//! binary frames, and the encoding of every server frame.
+//!
+//! Decoding borrows from the received message: `data` and `id` stay raw JSON
+//! slices, so a publish is never parsed into a value tree nor re-serialized.
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::outbox::ConnId;
+use crate::ws::frame::{FramePayload, OP_BINARY, OP_TEXT};
+
+/// Longest group name, in bytes.
+pub const MAX_GROUP_LEN: usize = 128;
+
+/// Binary request types (little-endian u32 at the start of a binary frame).
+pub const BIN_JOIN: u32 = 1;
+/// Leave a group.
+pub const BIN_LEAVE: u32 = 2;
+/// Publish to a group.
+pub const BIN_PUBLISH: u32 = 3;
+/// A message delivered to a member (server to client).
+pub const BIN_MESSAGE: u32 = 4;
+
+/// Error codes sent in `error` frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// Invalid JSON, unknown type, missing or wrong field, malformed binary frame.
+    BadRequest,
+    /// A group name breaks the naming rules.
+    InvalidGroup,
+    /// The connection is in as many groups as allowed.
+    TooManyGroups,
+    /// `send` to a connection id that is not connected.
+    UnknownConnection,
+    /// The server could not complete the request (broker failure).
+    Internal,
+}
+
+impl ErrorCode {
+    /// The snake_case name used on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BadRequest => "bad_request",
+            Self::InvalidGroup => "invalid_group",
+            Self::TooManyGroups => "too_many_groups",
+            Self::UnknownConnection => "unknown_connection",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+/// A request that could not be served: the code, a human message, and the
+/// request id to echo when one was readable.
+#[derive(Debug, Clone)]
+pub struct RequestError<'a> {
+    /// Request id (raw JSON number or string), if the request had a valid one.
+    pub id: Option<&'a RawValue>,
+    /// Machine-readable code.
+    pub code: ErrorCode,
+    /// Human-readable explanation.
+    pub message: Cow<'static, str>,
+}
+
+impl<'a> RequestError<'a> {
+    fn new(id: Option<&'a RawValue>, code: ErrorCode, message: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            id,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// A decoded client request. `data` is the raw JSON text of the payload.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request<'a> {
+    /// Join a group.
+    Join {
+        /// Group name (validated).
+        group: Cow<'a, str>,
+    },
+    /// Leave a group.
+    Leave {
+        /// Group name (validated).
+        group: Cow<'a, str>,
+    },
+    /// Publish to a group's members.
+    Publish {
+        /// Group name (validated).
+        group: Cow<'a, str>,
+        /// The payload: raw JSON text, or raw bytes for a binary publish.
+        data: Data<'a>,
+    },
+    /// Send to one connection.
+    Send {
+        /// Target connection id.
+        to: Cow<'a, str>,
+        /// Raw JSON payload.
+        data: &'a str,
+    },
+    /// Application-level ping.
+    Ping,
+}
+
+/// A publication payload as received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Data<'a> {
+    /// Raw JSON text (from a text frame).
+    Json(&'a str),
+    /// Raw bytes (from a binary frame).
+    Binary(&'a [u8]),
+}
+
+/// A text request with its id.
+#[derive(Debug, Clone)]
+pub struct TextRequest<'a> {
+    /// Raw id to echo in the reply, if the request had one.
+    pub id: Option<&'a RawValue>,
+    /// The request.
+    pub request: Request<'a>,
+}
+
+/// The union of all request fields; which ones must be present depends on
+/// `type`, checked after parsing so errors can name the field and echo `id`.
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    id: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    group: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    to: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    data: Option<&'a RawValue>,
+}
+
+/// Keep a present field (even `null`) as `Some(raw)`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+/// A raw JSON value as a string, or a `bad_request` naming `field`.
+fn string_field<'a>(
+    id: Option<&'a RawValue>,
+    raw: Option<&'a RawValue>,
+    field: &'static str,
+) -> Result<Cow<'a, str>, RequestError<'a>> {
+    let raw =
+        raw.ok_or_else(|| RequestError::new(id, ErrorCode::BadRequest, format!("missing field '{field}'")))?;
+    let wrong = || {
+        RequestError::new(
+            id,
+            ErrorCode::BadRequest,
+            format!("field '{field}' must be a string"),
+        )
+    };
+    if !raw.get().starts_with('"') {
+        return Err(wrong());
+    }
+    // Borrow when the string has no escapes, allocate only when it does.
+    let s: Cow<'a, str> = serde_json::from_str(raw.get()).map_err(|_| wrong())?;
+    Ok(s)
+}
+
+/// Check a group name: 1 to 128 bytes of UTF-8 without control characters.
+pub fn validate_group(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("group name is empty");
+    }
+    if name.len() > MAX_GROUP_LEN {
+        return Err("group name is longer than 128 bytes");
+    }
+    if name.chars().any(char::is_control) {
+        return Err("group name contains a control character");
+    }
+    Ok(())
+}
+
+fn group_field<'a>(
+    id: Option<&'a RawValue>,
+    raw: Option<&'a RawValue>,
+) -> Result<Cow<'a, str>, RequestError<'a>> {
+    let g = string_field(id, raw, "group")?;
+    validate_group(&g).map_err(|m| RequestError::new(id, ErrorCode::InvalidGroup, m))?;
+    Ok(g)
+}
+
+/// Decode a JSON request from a text message.
+pub fn parse_text(text: &str) -> Result<TextRequest<'_>, RequestError<'_>> {
+    let env: Envelope<'_> = serde_json::from_str(text).map_err(|e| {
+        let what = if e.is_data() {
+            "request must be a JSON object with a string 'type'"
+        } else {
+            "invalid JSON"
+        };
+        RequestError::new(None, ErrorCode::BadRequest, format!("{what}: {e}"))
+    })?;
+    let id = match env.id {
+        Some(raw)
+            if raw.get().starts_with('"')
+                || raw
+                    .get()
+                    .starts_with(['-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9']) =>
+        {
+            Some(raw)
+        }
+        Some(_) => {
+            return Err(RequestError::new(
+                None,
+                ErrorCode::BadRequest,
+                "field 'id' must be a number or a string",
+            ));
+        }
+        None => None,
+    };
+    let Some(kind) = env.kind else {
+        return Err(RequestError::new(
+            id,
+            ErrorCode::BadRequest,
+            "missing field 'type'",
+        ));
+    };
+    let data = |field| {
+        env.data
+            .map(RawValue::get)
+            .ok_or_else(|| RequestError::new(id, ErrorCode::BadRequest, format!("missing field '{field}'")))
+    };
+    let request = match kind.as_ref() {
+        "join" => Request::Join {
+            group: group_field(id, env.group)?,
+        },
+        "leave" => Request::Leave {
+            group: group_field(id, env.group)?,
+        },
+        "publish" => Request::Publish {
+            group: group_field(id, env.group)?,
+            data: Data::Json(data("data")?),
+        },
+        "send" => Request::Send {
+            to: string_field(id, env.to, "to")?,
+            data: data("data")?,
+        },
+        "ping" => Request::Ping,
+        other => {
+            let shown: String = other.chars().take(32).collect();
+            return Err(RequestError::new(
+                id,
+                ErrorCode::BadRequest,
+                format!("unknown type '{shown}'"),
+            ));
+        }
+    };
+    Ok(TextRequest { id, request })
+}
+
+fn binary_group(bytes: &[u8]) -> Result<Cow<'_, str>, RequestError<'static>> {
+    let g = std::str::from_utf8(bytes)
+        .map_err(|_| RequestError::new(None, ErrorCode::InvalidGroup, "group name is not valid UTF-8"))?;
+    validate_group(g).map_err(|m| RequestError::new(None, ErrorCode::InvalidGroup, m))?;
+    Ok(Cow::Borrowed(g))
+}
+
+/// Decode a binary request: a little-endian u32 type, then its payload.
+pub fn parse_binary(frame: &[u8]) -> Result<Request<'_>, RequestError<'static>> {
+    let bad = |m: &'static str| RequestError::new(None, ErrorCode::BadRequest, m);
+    if frame.len() < 4 {
+        return Err(bad("binary frame shorter than its 4-byte type"));
+    }
+    let kind = u32::from_le_bytes(frame[..4].try_into().expect("4 bytes"));
+    let payload = &frame[4..];
+    match kind {
+        BIN_JOIN => Ok(Request::Join {
+            group: binary_group(payload)?,
+        }),
+        BIN_LEAVE => Ok(Request::Leave {
+            group: binary_group(payload)?,
+        }),
+        BIN_PUBLISH => {
+            let (&len, rest) = payload
+                .split_first()
+                .ok_or_else(|| bad("binary publish without a group length"))?;
+            let len = len as usize;
+            if rest.len() < len {
+                return Err(bad("binary publish shorter than its group length"));
+            }
+            let (g, message) = rest.split_at(len);
+            Ok(Request::Publish {
+                group: binary_group(g)?,
+                data: Data::Binary(message),
+            })
+        }
+        _ => Err(bad("unknown binary frame type")),
+    }
+}
+
+// ---- server frames ----
+
+fn json_str(out: &mut FramePayload, s: &str) {
+    serde_json::to_writer(&mut *out, s).expect("writing to memory cannot fail");
+}
+
+/// `{"type":"welcome","conn":"<id>"}`
+pub fn welcome(conn: ConnId) -> Bytes {
+    let mut s = String::with_capacity(48);
+    let _ = write!(s, r#"{{"type":"welcome","conn":"{conn}"}}"#);
+    crate::ws::frame::encode(OP_TEXT, s.as_bytes())
+}
+
+/// `{"type":"ack","id":<id>}`
+pub fn ack(id: &RawValue) -> Bytes {
+    reply("ack", Some(id))
+}
+
+/// `{"type":"pong","id":<id>}` (no id if the ping had none).
+pub fn pong(id: Option<&RawValue>) -> Bytes {
+    reply("pong", id)
+}
+
+fn reply(kind: &str, id: Option<&RawValue>) -> Bytes {
+    let mut out = FramePayload::with_capacity(32);
+    out.extend_from_slice(br#"{"type":""#);
+    out.extend_from_slice(kind.as_bytes());
+    out.push(b'"');
+    if let Some(id) = id {
+        out.extend_from_slice(br#","id":"#);
+        out.extend_from_slice(id.get().as_bytes());
+    }
+    out.push(b'}');
+    out.finish(OP_TEXT)
+}
+
+/// `{"type":"error","id":<id>,"code":"<code>","message":"<text>"}`
+pub fn error(e: &RequestError<'_>) -> Bytes {
+    let mut out = FramePayload::with_capacity(64 + e.message.len());
+    out.extend_from_slice(br#"{"type":"error""#);
+    if let Some(id) = e.id {
+        out.extend_from_slice(br#","id":"#);
+        out.extend_from_slice(id.get().as_bytes());
+    }
+    out.extend_from_slice(br#","code":""#);
+    out.extend_from_slice(e.code.as_str().as_bytes());
+    out.extend_from_slice(br#"","message":"#);
+    json_str(&mut out, &e.message);
+    out.push(b'}');
+    out.finish(OP_TEXT)
+}
+
+/// `{"type":"message","group":"G","from":"<id>","data":<data>}`; `group` is
+/// absent for a direct message and `from` for a server-side publication.
+/// `data` must be valid JSON text.
+pub fn message_json(group: Option<&str>, from: Option<ConnId>, data: &[u8]) -> Bytes {
+    let mut out = FramePayload::with_capacity(48 + group.map_or(0, str::len) + data.len());
+    out.extend_from_slice(br#"{"type":"message""#);
+    if let Some(g) = group {
+        out.extend_from_slice(br#","group":"#);
+        json_str(&mut out, g);
+    }
+    if let Some(from) = from {
+        let mut s = String::with_capacity(32);
+        let _ = write!(s, r#","from":"{from}""#);
+        out.extend_from_slice(s.as_bytes());
+    }
+    out.extend_from_slice(br#","data":"#);
+    out.extend_from_slice(data);
+    out.push(b'}');
+    out.finish(OP_TEXT)
+}
+
+/// Binary delivery: type 4 (LE u32), group length, group, message bytes.
+pub fn message_binary(group: &str, data: &[u8]) -> Bytes {
+    debug_assert!(group.len() <= MAX_GROUP_LEN);
+    let mut out = FramePayload::with_capacity(5 + group.len() + data.len());
+    out.extend_from_slice(&BIN_MESSAGE.to_le_bytes());
+    out.push(group.len() as u8);
+    out.extend_from_slice(group.as_bytes());
+    out.extend_from_slice(data);
+    out.finish(OP_BINARY)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payload(frame: &Bytes) -> &str {
+        // Small frames only: 2-byte header.
+        std::str::from_utf8(&frame[2..]).unwrap()
+    }
+
+    #[test]
+    fn parses_every_request() {
+        let r = parse_text(r#"{"type":"join","group":"lobby","id":1}"#).unwrap();
+        assert_eq!(r.id.unwrap().get(), "1");
+        assert_eq!(
+            r.request,
+            Request::Join {
+                group: "lobby".into()
+            }
+        );
+        let r = parse_text(r#"{"type":"publish","group":"a\nb","data":{"x":[1, 2]},"id":"q"}"#).unwrap_err();
+        assert_eq!((r.code, r.id.unwrap().get()), (ErrorCode::InvalidGroup, r#""q""#));
+        let r = parse_text(r#"{"type":"publish","group":"g\u00e9","data":{"x":[1, 2]}}"#).unwrap();
+        assert_eq!(
+            r.request,
+            Request::Publish {
+                group: "gé".into(),
+                data: Data::Json(r#"{"x":[1, 2]}"#)
+            }
+        );
+        let r = parse_text(r#"{"type":"publish","group":"g","data":null}"#).unwrap();
+        assert_eq!(
+            r.request,
+            Request::Publish {
+                group: "g".into(),
+                data: Data::Json("null")
+            }
+        );
+        let r = parse_text(r#"{"type":"send","to":"17","data":"hi"}"#).unwrap();
+        assert_eq!(
+            r.request,
+            Request::Send {
+                to: "17".into(),
+                data: r#""hi""#
+            }
+        );
+        assert_eq!(
+            parse_text(r#"{"type":"ping","id":4}"#).unwrap().request,
+            Request::Ping
+        );
+    }
+
+    #[test]
+    fn bad_requests_name_the_problem_and_keep_the_id() {
+        let cases = [
+            ("not json", None, "invalid JSON"),
+            ("[1,2]", None, "must be a JSON object"),
+            (r#"{"id":5}"#, Some("5"), "missing field 'type'"),
+            (r#"{"type":"dance","id":5}"#, Some("5"), "unknown type 'dance'"),
+            (r#"{"type":"join","id":5}"#, Some("5"), "missing field 'group'"),
+            (
+                r#"{"type":"join","group":7,"id":5}"#,
+                Some("5"),
+                "must be a string",
+            ),
+            (
+                r#"{"type":"publish","group":"g","id":5}"#,
+                Some("5"),
+                "missing field 'data'",
+            ),
+            (
+                r#"{"type":"send","data":1,"id":5}"#,
+                Some("5"),
+                "missing field 'to'",
+            ),
+            (
+                r#"{"type":"ping","id":{}}"#,
+                None,
+                "'id' must be a number or a string",
+            ),
+            (r#"{"type":7}"#, None, "must be a JSON object"),
+        ];
+        for (text, id, msg) in cases {
+            let e = parse_text(text).unwrap_err();
+            assert_eq!(e.code, ErrorCode::BadRequest, "{text}");
+            assert_eq!(e.id.map(RawValue::get), id, "{text}");
+            assert!(e.message.contains(msg), "{text}: {}", e.message);
+        }
+        let long = format!(r#"{{"type":"join","group":"{}"}}"#, "x".repeat(129));
+        assert_eq!(parse_text(&long).unwrap_err().code, ErrorCode::InvalidGroup);
+        let empty = r#"{"type":"join","group":""}"#;
+        assert_eq!(parse_text(empty).unwrap_err().code, ErrorCode::InvalidGroup);
+    }
+
+    #[test]
+    fn binary_requests() {
+        assert_eq!(
+            parse_binary(b"\x01\0\0\0g").unwrap(),
+            Request::Join { group: "g".into() }
+        );
+        assert_eq!(
+            parse_binary(b"\x02\0\0\0g").unwrap(),
+            Request::Leave { group: "g".into() }
+        );
+        assert_eq!(
+            parse_binary(b"\x03\0\0\0\x02abhello").unwrap(),
+            Request::Publish {
+                group: "ab".into(),
+                data: Data::Binary(b"hello")
+            }
+        );
+        for (bad, code) in [
+            (&b"\x01\0\0"[..], ErrorCode::BadRequest),
+            (b"\x09\0\0\0g", ErrorCode::BadRequest),
+            (b"\x03\0\0\0", ErrorCode::BadRequest),
+            (b"\x03\0\0\0\x05ab", ErrorCode::BadRequest),
+            (b"\x01\0\0\0\xff", ErrorCode::InvalidGroup),
+            (b"\x01\0\0\0", ErrorCode::InvalidGroup),
+            (b"\x03\0\0\0\x00hi", ErrorCode::InvalidGroup),
+        ] {
+            assert_eq!(parse_binary(bad).unwrap_err().code, code, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn encodes_server_frames() {
+        let id = RawValue::from_string("\"a\"".into()).unwrap();
+        assert_eq!(payload(&ack(&id)), r#"{"type":"ack","id":"a"}"#);
+        assert_eq!(payload(&pong(None)), r#"{"type":"pong"}"#);
+        assert_eq!(payload(&welcome(42)), r#"{"type":"welcome","conn":"42"}"#);
+        let e = RequestError::new(Some(&id), ErrorCode::TooManyGroups, "say \"no\"");
+        let v: serde_json::Value = serde_json::from_str(payload(&error(&e))).unwrap();
+        assert_eq!(v["code"], "too_many_groups");
+        assert_eq!(v["message"], "say \"no\"");
+        let m = message_json(Some("g\"1"), Some(7), br#"{"k":1}"#);
+        let v: serde_json::Value = serde_json::from_str(payload(&m)).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type":"message","group":"g\"1","from":"7","data":{"k":1}})
+        );
+        let b = message_binary("ab", b"xyz");
+        assert_eq!(&b[..], b"\x82\x0a\x04\0\0\0\x02abxyz");
+    }
+}

@@ -1,0 +1,339 @@
+//! One client session: the roomcast protocol (or plain echo) on top of a
+//! [`Conn`], the heartbeat, and cleanup when the connection ends.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::value::RawValue;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
+use tracing::debug;
+
+use crate::broker::{BrokerError, Payload, Publication, Target};
+use crate::conn::{Conn, ConnError, Incoming};
+use crate::disconnect::Disconnect;
+use crate::node::Node;
+use crate::outbox::Outbox;
+use crate::protocol::{self, Data, ErrorCode, Request, RequestError};
+use crate::ws::Event;
+use crate::ws::close;
+use crate::ws::frame::{self, OP_BINARY, OP_PONG, OP_TEXT};
+
+/// Which endpoint the client connected to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `/ws`: the roomcast protocol.
+    Protocol,
+    /// `/echo`: every message comes back unchanged; nothing unsolicited.
+    Echo,
+}
+
+/// How long to wait for the client's Close after ours, at most.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// An empty Ping frame, shared by every heartbeat.
+static PING: [u8; 2] = [0x89, 0x00];
+
+/// Run a session on an upgraded stream until it ends.
+/// `early` holds bytes the client sent right after its handshake.
+pub async fn run<S>(node: Arc<Node>, io: S, early: Bytes, mode: Mode)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let outbox = node.hub.register();
+    let id = outbox.id();
+    let conn = Conn::new(
+        io,
+        outbox.clone(),
+        node.config.max_message_size,
+        node.stats.clone(),
+    );
+    let mut session = Session {
+        node: node.clone(),
+        conn,
+        outbox,
+        groups: Vec::new(),
+        mode,
+        next_ping: None,
+    };
+    let reason = session.serve(early).await;
+    debug!(conn = id, ?reason, "connection closed");
+    session.cleanup().await;
+}
+
+/// What a served request still needs.
+enum Reply {
+    /// An `ack` (if the request had an id).
+    Ack,
+    /// Nothing: the handler already replied (pong).
+    Sent,
+}
+
+struct Session<S> {
+    node: Arc<Node>,
+    conn: Conn<S>,
+    outbox: Arc<Outbox>,
+    /// Groups this connection is in (names shared with the hub).
+    groups: Vec<Arc<str>>,
+    mode: Mode,
+    next_ping: Option<Instant>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
+    /// The main loop; returns why the connection ended, after the close
+    /// handshake (if any) is done.
+    async fn serve(&mut self, early: Bytes) -> Option<Disconnect> {
+        if self.node.shutdown.is_cancelled() {
+            // Shutdown began while this connection was being upgraded.
+            self.outbox.request_close(close::GOING_AWAY);
+        }
+        if self.mode == Mode::Protocol {
+            self.outbox.push_reply(protocol::welcome(self.outbox.id()));
+            self.next_ping = self.node.config.ping().map(|p| Instant::now() + p);
+        }
+        self.conn.feed(&early);
+        self.arm_timer();
+        loop {
+            let incoming = match self.conn.next().await {
+                Ok(i) => i,
+                Err(ConnError::Protocol(e)) => return self.close(Disconnect::Protocol(e)).await,
+                Err(ConnError::Io(e)) => {
+                    debug!(conn = self.outbox.id(), error = %e, "socket error");
+                    return None;
+                }
+            };
+            match incoming {
+                Incoming::Event(Event::Close(frame)) => {
+                    // Answer with the client's code (1000 if it sent none).
+                    let reason = Disconnect::ClientClosed(frame.code);
+                    self.outbox.push_reply(close::encode_close(reason.code(), ""));
+                    self.conn.finish(Instant::now() + CLOSE_WAIT).await;
+                    return Some(reason);
+                }
+                Incoming::Event(Event::Ping(payload)) => {
+                    self.outbox.push_reply(frame::encode(OP_PONG, &payload));
+                }
+                Incoming::Event(Event::Pong(_)) => {}
+                Incoming::Event(Event::Text(text)) => {
+                    self.node.stats.messages_in.fetch_add(1, Relaxed);
+                    match self.mode {
+                        Mode::Echo => self.echo(OP_TEXT, text),
+                        Mode::Protocol => self.on_text(text).await,
+                    }
+                }
+                Incoming::Event(Event::Binary(bin)) => {
+                    self.node.stats.messages_in.fetch_add(1, Relaxed);
+                    match self.mode {
+                        Mode::Echo => self.echo(OP_BINARY, bin),
+                        Mode::Protocol => self.on_binary(bin).await,
+                    }
+                }
+                Incoming::CloseRequested(code) => return self.close(Disconnect::from_request(code)).await,
+                Incoming::Timer => {
+                    if let Some(reason) = self.heartbeat() {
+                        return self.close(reason).await;
+                    }
+                }
+                Incoming::Eof => return None,
+            }
+        }
+    }
+
+    /// Close from our side with `reason`, and wait (bounded) for the client.
+    async fn close(&mut self, reason: Disconnect) -> Option<Disconnect> {
+        if !reason.flushes_queue() {
+            self.outbox.discard();
+        }
+        self.outbox
+            .push_reply(close::encode_close(reason.code(), reason.reason()));
+        let wait = match reason {
+            Disconnect::Shutdown => self.node.config.drain_timeout,
+            _ => CLOSE_WAIT,
+        };
+        self.conn.finish(Instant::now() + wait).await;
+        Some(reason)
+    }
+
+    /// Ping when due; close when the client has been silent too long.
+    fn heartbeat(&mut self) -> Option<Disconnect> {
+        let now = Instant::now();
+        if let Some(idle) = self.node.config.idle()
+            && now >= self.conn.last_read() + idle
+        {
+            return Some(Disconnect::IdleTimeout);
+        }
+        if let (Some(due), Some(every)) = (self.next_ping, self.node.config.ping())
+            && now >= due
+        {
+            self.outbox.push_reply(Bytes::from_static(&PING));
+            self.next_ping = Some(now + every);
+        }
+        self.arm_timer();
+        None
+    }
+
+    fn arm_timer(&mut self) {
+        let idle = self.node.config.idle().map(|d| self.conn.last_read() + d);
+        let deadline = match (idle, self.next_ping) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(d) = deadline {
+            self.conn.set_timer(d);
+        }
+    }
+
+    fn echo(&mut self, opcode: u8, payload: Bytes) {
+        // Header and payload as two frames of the queue: no copy of the payload.
+        self.outbox.push_reply(frame::header(opcode, payload.len()));
+        if !payload.is_empty() {
+            self.outbox.push_reply(payload);
+        }
+    }
+
+    fn reply_error(&self, e: &RequestError<'_>) {
+        self.outbox.push_reply(protocol::error(e));
+    }
+
+    fn reply_ok(&self, id: Option<&RawValue>) {
+        if let Some(id) = id {
+            self.outbox.push_reply(protocol::ack(id));
+        }
+    }
+
+    async fn on_text(&mut self, text: Bytes) {
+        let s = std::str::from_utf8(&text).expect("the decoder validated UTF-8");
+        match protocol::parse_text(s) {
+            Ok(req) => {
+                let id = req.id;
+                match self.handle(req.request, &text, id).await {
+                    Ok(Reply::Ack) => self.reply_ok(id),
+                    Ok(Reply::Sent) => {}
+                    Err(e) => self.reply_error(&e),
+                }
+            }
+            Err(e) => self.reply_error(&e),
+        }
+    }
+
+    async fn on_binary(&mut self, bin: Bytes) {
+        let result = match protocol::parse_binary(&bin) {
+            Ok(req) => self.handle(req, &bin, None).await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            self.reply_error(&e);
+        }
+    }
+
+    /// Serve one request. `frame` is the message the request borrows from,
+    /// so payloads can be shared without a copy.
+    async fn handle<'a>(
+        &mut self,
+        req: Request<'_>,
+        frame: &Bytes,
+        id: Option<&'a RawValue>,
+    ) -> Result<Reply, RequestError<'a>> {
+        let err = |code, message: String| RequestError {
+            id,
+            code,
+            message: message.into(),
+        };
+        match req {
+            Request::Join { group } => {
+                if !self.groups.iter().any(|g| **g == *group) {
+                    let max = self.node.config.max_groups_per_connection;
+                    if self.groups.len() >= max {
+                        return Err(err(
+                            ErrorCode::TooManyGroups,
+                            format!("a connection may be in at most {max} groups"),
+                        ));
+                    }
+                    let joined = self.node.hub.join(&group, &self.outbox);
+                    if joined.created
+                        && let Err(e) = self.node.broker.subscribe(joined.name.clone()).await
+                    {
+                        self.leave_group(&joined.name).await;
+                        return Err(err(ErrorCode::Internal, e.to_string()));
+                    }
+                    self.groups.push(joined.name);
+                }
+                Ok(())
+            }
+            Request::Leave { group } => {
+                if let Some(pos) = self.groups.iter().position(|g| **g == *group) {
+                    let name = self.groups.swap_remove(pos);
+                    self.leave_group(&name).await;
+                }
+                Ok(())
+            }
+            Request::Publish { group, data } => {
+                let name = self
+                    .groups
+                    .iter()
+                    .find(|g| ***g == *group)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::from(&*group));
+                let payload = match data {
+                    Data::Json(raw) => Payload::Json(frame.slice_ref(raw.as_bytes())),
+                    Data::Binary(raw) => Payload::Binary(frame.slice_ref(raw)),
+                };
+                self.publish(Target::Group(name), payload)
+                    .await
+                    .map_err(|e| err(ErrorCode::Internal, e.to_string()))
+            }
+            Request::Send { to, data } => {
+                let unknown = || {
+                    err(
+                        ErrorCode::UnknownConnection,
+                        format!("no connection with id '{to}'"),
+                    )
+                };
+                let target: u64 = to.parse().map_err(|_| unknown())?;
+                match self
+                    .publish(
+                        Target::Conn(target),
+                        Payload::Json(frame.slice_ref(data.as_bytes())),
+                    )
+                    .await
+                {
+                    Ok(()) => Ok(()),
+                    Err(BrokerError::UnknownConnection(_)) => Err(unknown()),
+                    Err(e) => Err(err(ErrorCode::Internal, e.to_string())),
+                }
+            }
+            Request::Ping => {
+                self.outbox.push_reply(protocol::pong(id));
+                return Ok(Reply::Sent);
+            }
+        }
+        .map(|()| Reply::Ack)
+    }
+
+    async fn publish(&self, target: Target, payload: Payload) -> Result<(), BrokerError> {
+        let publication = Publication {
+            target,
+            from: Some(self.outbox.id()),
+            payload,
+        };
+        self.node.broker.publish(publication).await.map(|_| ())
+    }
+
+    async fn leave_group(&self, name: &Arc<str>) {
+        let (_, removed) = self.node.hub.leave(name, self.outbox.id());
+        if removed && let Err(e) = self.node.broker.unsubscribe(name.clone()).await {
+            debug!(group = %name, error = %e, "broker unsubscribe failed");
+        }
+    }
+
+    /// Leave every group and unregister.
+    async fn cleanup(&mut self) {
+        for name in std::mem::take(&mut self.groups) {
+            self.leave_group(&name).await;
+        }
+        self.outbox.discard();
+        self.node.hub.unregister(self.outbox.id());
+    }
+}

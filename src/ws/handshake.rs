@@ -1,0 +1,120 @@
+//! The server side of the opening handshake (RFC 6455 section 4.2).
+
+use base64::Engine as _;
+use http::{HeaderMap, Method, Version, header};
+use sha1::{Digest, Sha1};
+
+/// GUID appended to the client's key before hashing.
+const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// Why an upgrade request was refused (answered with HTTP 400 or 426).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HandshakeError {
+    /// Not a GET.
+    #[error("WebSocket handshake requires GET")]
+    Method,
+    /// HTTP/1.0 or HTTP/2.
+    #[error("WebSocket handshake requires HTTP/1.1")]
+    Version,
+    /// No `Upgrade: websocket` or no `Connection: upgrade`.
+    #[error("missing 'Upgrade: websocket' and 'Connection: upgrade' headers")]
+    NotUpgrade,
+    /// `Sec-WebSocket-Version` is not 13.
+    #[error("unsupported Sec-WebSocket-Version (only 13)")]
+    WsVersion,
+    /// `Sec-WebSocket-Key` missing or not 16 bytes of base64.
+    #[error("missing or invalid Sec-WebSocket-Key")]
+    Key,
+}
+
+/// Check an upgrade request; on success return the `Sec-WebSocket-Accept` value.
+pub fn accept(method: &Method, version: Version, headers: &HeaderMap) -> Result<String, HandshakeError> {
+    if method != Method::GET {
+        return Err(HandshakeError::Method);
+    }
+    if version != Version::HTTP_11 {
+        return Err(HandshakeError::Version);
+    }
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    if !has_token(header::UPGRADE, "websocket") || !has_token(header::CONNECTION, "upgrade") {
+        return Err(HandshakeError::NotUpgrade);
+    }
+    if headers.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
+        return Err(HandshakeError::WsVersion);
+    }
+    let key = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .ok_or(HandshakeError::Key)?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(key.as_bytes())
+        .map_err(|_| HandshakeError::Key)?;
+    if decoded.len() != 16 {
+        return Err(HandshakeError::Key);
+    }
+    Ok(accept_key(key.as_bytes()))
+}
+
+/// `Sec-WebSocket-Accept` for a `Sec-WebSocket-Key`.
+pub fn accept_key(key: &[u8]) -> String {
+    let mut h = Sha1::new();
+    h.update(key);
+    h.update(GUID.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(h.finalize())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc_example_key() {
+        assert_eq!(
+            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+
+    #[test]
+    fn rejects_bad_requests() {
+        let mut h = HeaderMap::new();
+        h.insert(header::UPGRADE, "WebSocket".parse().unwrap());
+        h.insert(header::CONNECTION, "keep-alive, Upgrade".parse().unwrap());
+        h.insert(header::SEC_WEBSOCKET_VERSION, "13".parse().unwrap());
+        h.insert(
+            header::SEC_WEBSOCKET_KEY,
+            "dGhlIHNhbXBsZSBub25jZQ==".parse().unwrap(),
+        );
+        assert!(accept(&Method::GET, Version::HTTP_11, &h).is_ok());
+        assert_eq!(
+            accept(&Method::POST, Version::HTTP_11, &h),
+            Err(HandshakeError::Method)
+        );
+        assert_eq!(
+            accept(&Method::GET, Version::HTTP_10, &h),
+            Err(HandshakeError::Version)
+        );
+        let mut bad = h.clone();
+        bad.insert(header::SEC_WEBSOCKET_KEY, "c2hvcnQ=".parse().unwrap());
+        assert_eq!(
+            accept(&Method::GET, Version::HTTP_11, &bad),
+            Err(HandshakeError::Key)
+        );
+        let mut bad = h.clone();
+        bad.insert(header::SEC_WEBSOCKET_VERSION, "8".parse().unwrap());
+        assert_eq!(
+            accept(&Method::GET, Version::HTTP_11, &bad),
+            Err(HandshakeError::WsVersion)
+        );
+        let mut bad = h;
+        bad.remove(header::UPGRADE);
+        assert_eq!(
+            accept(&Method::GET, Version::HTTP_11, &bad),
+            Err(HandshakeError::NotUpgrade)
+        );
+    }
+}
