@@ -1,0 +1,221 @@
+//! Helpers shared by the integration tests: start a real server on port 0
+//! and talk to it with a real WebSocket client (tokio-tungstenite).
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use roomcast::config::Config;
+use roomcast::node::Node;
+use roomcast::server::Server;
+use roomcast::stats::Snapshot;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long any single expected event may take before a test fails.
+pub const STEP: Duration = Duration::from_secs(10);
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A server running in this process.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub node: Arc<Node>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+/// Test defaults: loopback, port 0, and a short drain so that stopping a
+/// server whose test clients no longer read does not wait 10 s.
+pub fn config() -> Config {
+    Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        drain_timeout: Duration::from_secs(1),
+        ..Config::default()
+    }
+}
+
+pub async fn start(config: Config) -> TestServer {
+    let server = Server::bind(config).await.expect("bind");
+    let addr = server.local_addr();
+    let node = server.node().clone();
+    let (tx, rx) = oneshot::channel();
+    let task = tokio::spawn(server.run(async {
+        let _ = rx.await;
+    }));
+    TestServer {
+        addr,
+        node,
+        stop: Some(tx),
+        task,
+    }
+}
+
+impl TestServer {
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+
+    /// Start graceful shutdown without waiting for it.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Shut down and wait for `run` to return.
+    pub async fn stop(mut self) {
+        self.begin_shutdown();
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("server stops in time")
+            .expect("server task")
+            .expect("server run");
+    }
+
+    /// Wait for `run` to return after [`TestServer::begin_shutdown`].
+    pub async fn join(self) {
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("server stops in time")
+            .expect("server task")
+            .expect("server run");
+    }
+
+    pub fn stats(&self) -> Snapshot {
+        self.node.stats.snapshot(self.node.hub.group_count())
+    }
+
+    /// Wait until `pred` holds for the stats (the server updates them
+    /// asynchronously after a client goes away).
+    pub async fn wait_stats(&self, what: &str, pred: impl Fn(&Snapshot) -> bool) -> Snapshot {
+        let deadline = tokio::time::Instant::now() + STEP;
+        loop {
+            let s = self.stats();
+            if pred(&s) {
+                return s;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("stats never reached '{what}': {s:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// Connect to `/ws` and read the welcome; returns the socket and its id.
+pub async fn connect(server: &TestServer) -> (Ws, String) {
+    let (mut ws, _) = tokio_tungstenite::connect_async(server.url("/ws"))
+        .await
+        .expect("connect");
+    let welcome = recv_json(&mut ws).await;
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    let id = welcome["conn"].as_str().expect("conn id is a string").to_owned();
+    (ws, id)
+}
+
+/// Connect over a socket with a tiny receive buffer (a client that can
+/// be made slow by not reading).
+pub async fn connect_small_rcvbuf(server: &TestServer) -> (Ws, String) {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let tcp = sock.connect(server.addr).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(server.url("/ws"), MaybeTlsStream::Plain(tcp))
+        .await
+        .expect("connect");
+    let welcome = recv_json(&mut ws).await;
+    let id = welcome["conn"].as_str().unwrap().to_owned();
+    (ws, id)
+}
+
+pub async fn send_json(ws: &mut Ws, v: Value) {
+    ws.send(Message::text(v.to_string())).await.expect("send");
+}
+
+pub async fn send_text(ws: &mut Ws, s: &str) {
+    ws.send(Message::text(s)).await.expect("send");
+}
+
+/// Next data message (pings are skipped), with a timeout.
+pub async fn recv(ws: &mut Ws) -> Message {
+    loop {
+        let m = tokio::time::timeout(STEP, ws.next())
+            .await
+            .expect("timed out waiting for a message")
+            .expect("stream ended")
+            .expect("websocket error");
+        match m {
+            Message::Ping(_) | Message::Pong(_) => continue,
+            m => return m,
+        }
+    }
+}
+
+/// Next message, parsed as JSON.
+pub async fn recv_json(ws: &mut Ws) -> Value {
+    match recv(ws).await {
+        Message::Text(t) => serde_json::from_str(&t).expect("server sent JSON"),
+        other => panic!("expected a text message, got {other:?}"),
+    }
+}
+
+/// Send a request and return its one reply.
+pub async fn request(ws: &mut Ws, v: Value) -> Value {
+    send_json(ws, v).await;
+    recv_json(ws).await
+}
+
+/// Read until the server's Close frame; data messages before it are
+/// returned too.
+pub async fn recv_until_close(ws: &mut Ws) -> (Vec<Message>, Option<CloseFrame>) {
+    let mut before = Vec::new();
+    loop {
+        let m = tokio::time::timeout(STEP, ws.next())
+            .await
+            .expect("timed out waiting for close");
+        match m {
+            Some(Ok(Message::Close(frame))) => return (before, frame),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            Some(Ok(m)) => before.push(m),
+            Some(Err(e)) => panic!("error before close frame: {e}; got {} messages", before.len()),
+            None => panic!("stream ended without a close frame"),
+        }
+    }
+}
+
+/// The close code the server closes with.
+pub async fn close_code(ws: &mut Ws) -> u16 {
+    let (_, frame) = recv_until_close(ws).await;
+    u16::from(frame.expect("close frame has a code").code)
+}
+
+/// A plain HTTP/1.1 GET; returns status and body.
+pub async fn http_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(STEP, s.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status: u16 = text[9..12].parse().unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|x| x.1.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}

@@ -1,0 +1,279 @@
+//! Limits and failure handling over real sockets: message size, UTF-8,
+//! slow consumers under both policies, heartbeat and idle timeout, and
+//! cleanup after many connections.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use roomcast::config::{Config, SlowConsumerPolicy};
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
+
+#[tokio::test]
+async fn oversize_message_closes_1009_and_limit_is_inclusive() {
+    let server = start(Config {
+        max_message_size: 1000,
+        ..config()
+    })
+    .await;
+    let (mut ws, _) = connect(&server).await;
+    // Exactly at the limit is fine (binary publish of 1000 bytes in total).
+    let mut ok = b"\x03\0\0\0\x01g".to_vec();
+    ok.resize(1000, b'x');
+    ws.send(Message::binary(ok)).await.unwrap();
+    assert_eq!(
+        request(&mut ws, json!({"type":"ping","id":1})).await["type"],
+        "pong"
+    );
+    ws.send(Message::binary(vec![0u8; 1001])).await.unwrap();
+    assert_eq!(close_code(&mut ws).await, 1009);
+    // Also when the excess comes from fragments adding up.
+    let (mut ws, _) = connect(&server).await;
+    let mut first = Frame::message(vec![b'a'; 600], OpCode::Data(Data::Text), false);
+    first.header_mut().is_final = false;
+    ws.send(Message::Frame(first)).await.unwrap();
+    let second = Frame::message(vec![b'a'; 600], OpCode::Data(Data::Continue), true);
+    ws.send(Message::Frame(second)).await.unwrap();
+    assert_eq!(close_code(&mut ws).await, 1009);
+    server
+        .wait_stats("connections gone", |s| s.connections == 0)
+        .await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn invalid_utf8_closes_1007() {
+    let server = start(config()).await;
+    let (mut ws, _) = connect(&server).await;
+    let bad = Frame::message(b"{\"type\":\"\xff\"}".to_vec(), OpCode::Data(Data::Text), true);
+    ws.send(Message::Frame(bad)).await.unwrap();
+    assert_eq!(close_code(&mut ws).await, 1007);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn protocol_violation_closes_1002() {
+    let server = start(config()).await;
+    let (mut ws, _) = connect(&server).await;
+    // A continuation frame with no message in progress.
+    let header = FrameHeader {
+        is_final: true,
+        opcode: OpCode::Data(Data::Continue),
+        ..FrameHeader::default()
+    };
+    ws.send(Message::Frame(Frame::from_payload(header, b"x".to_vec().into())))
+        .await
+        .unwrap();
+    assert_eq!(close_code(&mut ws).await, 1002);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn client_close_is_answered_with_its_code() {
+    let server = start(config()).await;
+    let (mut ws, _) = connect(&server).await;
+    ws.close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+        code: 4321.into(),
+        reason: "bye".into(),
+    }))
+    .await
+    .unwrap();
+    let (_, frame) = recv_until_close(&mut ws).await;
+    assert_eq!(u16::from(frame.unwrap().code), 4321);
+    server.wait_stats("closed", |s| s.connections == 0).await;
+    server.stop().await;
+}
+
+/// Publish `n` messages of `size` bytes to `group` in lockstep with a fast
+/// member, which must receive every one in order.
+async fn publish_in_lockstep(publisher: &mut Ws, fast: &mut Ws, n: usize, size: usize) {
+    let pad = "p".repeat(size);
+    for i in 0..n {
+        send_json(
+            publisher,
+            json!({"type":"publish","group":"g","data":{"seq":i,"pad":pad}}),
+        )
+        .await;
+        let m = recv_json(fast).await;
+        assert_eq!(m["data"]["seq"], i, "the fast member lost or reordered a message");
+    }
+}
+
+#[tokio::test]
+async fn slow_consumer_is_disconnected_and_others_lose_nothing() {
+    let server = start(Config {
+        queue_messages: 16,
+        queue_bytes: 64 * 1024,
+        ..config()
+    })
+    .await;
+    let (mut slow, _) = connect_small_rcvbuf(&server).await;
+    let (mut fast, _) = connect(&server).await;
+    let (mut publisher, _) = connect(&server).await;
+    request(&mut slow, json!({"type":"join","group":"g","id":1})).await;
+    request(&mut fast, json!({"type":"join","group":"g","id":1})).await;
+    // 3000 x 8 KiB = 24 MiB: far more than the kernel buffers between the
+    // server and a client that reads nothing.
+    publish_in_lockstep(&mut publisher, &mut fast, 3000, 8 * 1024).await;
+    let s = server
+        .wait_stats("one slow disconnect", |s| s.slow_consumer_disconnects == 1)
+        .await;
+    assert_eq!(s.dropped, 0);
+    // The slow client reads now: a prefix of the messages, in order, then 4001.
+    let (before, frame) = recv_until_close(&mut slow).await;
+    assert_eq!(u16::from(frame.expect("close frame").code), 4001);
+    for (i, m) in before.iter().enumerate() {
+        let v: serde_json::Value = serde_json::from_str(m.to_text().unwrap()).unwrap();
+        assert_eq!(v["data"]["seq"], i);
+    }
+    assert!(before.len() < 3000);
+    // The fast member is still fine.
+    assert_eq!(
+        request(&mut fast, json!({"type":"ping","id":2})).await["type"],
+        "pong"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn slow_consumer_under_drop_policy_skips_messages_and_stays() {
+    let server = start(Config {
+        queue_messages: 16,
+        queue_bytes: 64 * 1024,
+        slow_consumer: SlowConsumerPolicy::Drop,
+        ..config()
+    })
+    .await;
+    let (mut slow, _) = connect_small_rcvbuf(&server).await;
+    let (mut fast, _) = connect(&server).await;
+    let (mut publisher, _) = connect(&server).await;
+    request(&mut slow, json!({"type":"join","group":"g","id":1})).await;
+    request(&mut fast, json!({"type":"join","group":"g","id":1})).await;
+    publish_in_lockstep(&mut publisher, &mut fast, 3000, 8 * 1024).await;
+    let dropped = server.wait_stats("drops", |s| s.dropped > 0).await.dropped;
+    assert_eq!(server.stats().slow_consumer_disconnects, 0);
+    // The slow client now reads: increasing sequence numbers with gaps, and
+    // exactly (3000 - dropped) of them.
+    request(
+        &mut publisher,
+        json!({"type":"publish","group":"g","data":{"seq":"end"},"id":9}),
+    )
+    .await;
+    recv_json(&mut fast).await;
+    let mut last = -1i64;
+    let mut got = 0u64;
+    loop {
+        let m = recv_json(&mut slow).await;
+        if m["data"]["seq"] == "end" {
+            break;
+        }
+        let seq = m["data"]["seq"].as_i64().unwrap();
+        assert!(seq > last, "reordered: {seq} after {last}");
+        last = seq;
+        got += 1;
+    }
+    assert_eq!(
+        got + dropped,
+        3000,
+        "every message either delivered or counted as dropped"
+    );
+    // Still connected.
+    assert_eq!(
+        request(&mut slow, json!({"type":"ping","id":3})).await["type"],
+        "pong"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn server_pings_and_keeps_a_responsive_client() {
+    let server = start(Config {
+        ping_interval: Duration::from_millis(100),
+        idle_timeout: Duration::from_millis(400),
+        ..config()
+    })
+    .await;
+    let (mut ws, _) = connect(&server).await;
+    // tungstenite answers pings while we read; count them for a second.
+    let mut pings = 0;
+    let until = tokio::time::Instant::now() + Duration::from_secs(1);
+    while let Ok(m) = tokio::time::timeout_at(until, ws.next()).await {
+        match m.expect("open").expect("no error") {
+            Message::Ping(_) => pings += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(pings >= 3, "only {pings} pings in 1 s at a 100 ms interval");
+    assert_eq!(
+        request(&mut ws, json!({"type":"ping","id":1})).await["type"],
+        "pong"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn silent_client_times_out_with_4002() {
+    let server = start(Config {
+        ping_interval: Duration::ZERO,
+        idle_timeout: Duration::from_millis(300),
+        ..config()
+    })
+    .await;
+    let (mut ws, _) = connect(&server).await;
+    let started = std::time::Instant::now();
+    assert_eq!(close_code(&mut ws).await, 4002);
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn client_ping_gets_pong_with_payload() {
+    let server = start(config()).await;
+    let (mut ws, _) = connect(&server).await;
+    ws.send(Message::Ping(b"hello".to_vec().into())).await.unwrap();
+    let m = tokio::time::timeout(STEP, ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(m, Message::Pong(b"hello".to_vec().into()));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn no_leak_after_1000_connect_join_disconnect_cycles() {
+    let server = start(config()).await;
+    let mut tasks = Vec::new();
+    for t in 0..10 {
+        let url = server.url("/ws");
+        tasks.push(tokio::spawn(async move {
+            for i in 0..100 {
+                let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+                recv_json(&mut ws).await; // welcome
+                let group = format!("g{}", (t * 100 + i) % 37);
+                let r = request(&mut ws, json!({"type":"join","group":group,"id":1})).await;
+                assert_eq!(r["type"], "ack");
+                if i % 2 == 0 {
+                    ws.close(None).await.unwrap(); // clean close
+                    let _ = recv_until_close(&mut ws).await;
+                } // else: dropped abruptly
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let s = server
+        .wait_stats("all gone", |s| s.connections == 0 && s.groups == 0)
+        .await;
+    assert_eq!(s.connections_total, 1000);
+    for shard_groups in 0..37 {
+        assert_eq!(server.node.hub.member_count(&format!("g{shard_groups}")), 0);
+    }
+    server.stop().await;
+}

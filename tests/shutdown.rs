@@ -1,0 +1,114 @@
+//! Graceful shutdown: queued messages are flushed, then every client gets
+//! close 1001; the real binary exits 0 on SIGTERM.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+#[tokio::test]
+async fn shutdown_flushes_queues_then_closes_1001() {
+    let mut server = start(config()).await;
+    let (mut sub, _) = connect(&server).await;
+    let (mut idle, _) = connect(&server).await;
+    let (mut publisher, _) = connect(&server).await;
+    request(&mut sub, json!({"type":"join","group":"g","id":1})).await;
+    // 200 messages queued for `sub`, which is not reading yet.
+    for i in 0..200 {
+        let ack = request(
+            &mut publisher,
+            json!({"type":"publish","group":"g","data":i,"id":i}),
+        )
+        .await;
+        assert_eq!(ack["type"], "ack");
+    }
+    server.begin_shutdown();
+    let (before, frame) = recv_until_close(&mut sub).await;
+    assert_eq!(u16::from(frame.unwrap().code), 1001);
+    let seqs: Vec<i64> = before
+        .iter()
+        .map(|m| {
+            serde_json::from_str::<serde_json::Value>(m.to_text().unwrap()).unwrap()["data"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(
+        seqs,
+        (0..200).collect::<Vec<_>>(),
+        "everything queued arrives before the close"
+    );
+    assert_eq!(close_code(&mut idle).await, 1001);
+    assert_eq!(close_code(&mut publisher).await, 1001);
+    server.join().await;
+}
+
+#[tokio::test]
+async fn new_connections_are_refused_during_shutdown() {
+    let mut server = start(config()).await;
+    let addr = server.addr;
+    // A client that never answers the close keeps the drain going for 1 s.
+    let (_stuck, _) = connect(&server).await;
+    server.begin_shutdown();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await;
+    assert!(r.is_err(), "upgrade must fail while shutting down");
+    server.join().await;
+}
+
+#[test]
+fn binary_exits_zero_on_sigterm_after_closing_clients() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_roomcast"))
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--drain-timeout",
+            "2s",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let code = rt.block_on(async {
+        let url = format!("ws://127.0.0.1:{port}/ws");
+        let mut ws = None;
+        for _ in 0..100 {
+            if let Ok((s, _)) = tokio_tungstenite::connect_async(&url).await {
+                ws = Some(s);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut ws = ws.expect("server came up");
+        let welcome = recv_json(&mut ws).await;
+        assert_eq!(welcome["type"], "welcome");
+        // SIGTERM via the kill command (no libc dependency in tests).
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let (_, frame) = recv_until_close(&mut ws).await;
+        let _ = ws.close(None).await;
+        u16::from(frame.unwrap().code)
+    });
+    assert_eq!(code, 1001);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "exit status {status}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "server did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
