@@ -137,10 +137,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         if self.decoder_failed {
             return;
         }
-        let mut out = Vec::new();
-        let r = self.decoder.feed(bytes, &mut out);
-        self.events.extend(out);
-        if let Err(e) = r {
+        if let Err(e) = self.decoder.feed(bytes, &mut self.events) {
             self.decoder_failed = true;
             self.pending_error = Some(e);
         }
@@ -227,8 +224,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             if self.batch.is_empty() {
                 self.outbox.pop_batch(&mut self.batch, MAX_IOV, BATCH_BYTES);
                 if self.batch.is_empty() {
-                    if self.batch.capacity() > MAX_IOV {
+                    // Give back what a burst grew; an idle connection holds nothing.
+                    if self.batch.capacity() > 0 {
                         self.batch = VecDeque::new();
+                    }
+                    if self.events.capacity() > 0 && self.events.is_empty() {
+                        self.events = VecDeque::new();
                     }
                     if self.unflushed {
                         ready!(Pin::new(&mut self.io).poll_flush(cx))?;

@@ -149,7 +149,7 @@ impl Decoder {
     /// Consume `input`, pushing every completed event to `out`.
     ///
     /// After a `Close` event or an error the decoder ignores further input.
-    pub fn feed(&mut self, mut input: &[u8], out: &mut Vec<Event>) -> Result<(), ProtocolError> {
+    pub fn feed(&mut self, mut input: &[u8], out: &mut impl Extend<Event>) -> Result<(), ProtocolError> {
         while !input.is_empty() && !self.done {
             match self.frame {
                 None => self.read_header(&mut input, out)?,
@@ -166,7 +166,7 @@ impl Decoder {
     }
 
     /// Accumulate header bytes; when the header is complete, validate it.
-    fn read_header(&mut self, input: &mut &[u8], out: &mut Vec<Event>) -> Result<(), ProtocolError> {
+    fn read_header(&mut self, input: &mut &[u8], out: &mut impl Extend<Event>) -> Result<(), ProtocolError> {
         let have = self.hdr_len as usize;
         let need = if have < 2 {
             2
@@ -281,7 +281,7 @@ impl Decoder {
         Ok(())
     }
 
-    fn read_payload(&mut self, input: &mut &[u8], out: &mut Vec<Event>) -> Result<(), ProtocolError> {
+    fn read_payload(&mut self, input: &mut &[u8], out: &mut impl Extend<Event>) -> Result<(), ProtocolError> {
         let mut f = self.frame.expect("frame in progress");
         let n = (f.remaining.min(input.len() as u64)) as usize;
         let (chunk, rest) = input.split_at(n);
@@ -307,13 +307,13 @@ impl Decoder {
         }
         self.frame = None;
         match f.opcode {
-            OP_PING => out.push(Event::Ping(Bytes::copy_from_slice(&self.control))),
-            OP_PONG => out.push(Event::Pong(Bytes::copy_from_slice(&self.control))),
+            OP_PING => out.extend(Some(Event::Ping(Bytes::copy_from_slice(&self.control)))),
+            OP_PONG => out.extend(Some(Event::Pong(Bytes::copy_from_slice(&self.control)))),
             OP_CLOSE => match close::parse_close_payload(&self.control) {
                 Ok(c) => {
                     self.done = true;
                     self.message = None;
-                    out.push(Event::Close(c));
+                    out.extend(Some(Event::Close(c)));
                 }
                 Err(e) => return self.fail(ProtocolError::BadClose(e)),
             },
@@ -323,9 +323,9 @@ impl Decoder {
                     if !m.utf8.is_complete(m.buf.len()) {
                         return self.fail(ProtocolError::InvalidUtf8);
                     }
-                    out.push(Event::Text(Bytes::from(m.buf)));
+                    out.extend(Some(Event::Text(Bytes::from(m.buf))));
                 } else {
-                    out.push(Event::Binary(Bytes::from(m.buf)));
+                    out.extend(Some(Event::Binary(Bytes::from(m.buf))));
                 }
             }
             _ => {}
