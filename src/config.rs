@@ -98,6 +98,10 @@ pub struct ConfigError {
     pub message: String,
 }
 
+/// Longest accepted duration setting: far beyond any sensible value, and
+/// small enough that deadlines computed from it never overflow.
+const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+
 /// Largest message size accepted as a setting (1 GiB).
 const MAX_MESSAGE_LIMIT: usize = 1 << 30;
 
@@ -121,6 +125,15 @@ impl Config {
         }
         if self.max_groups_per_connection == 0 {
             return err("max-groups-per-connection", "must be at least 1");
+        }
+        for (key, d) in [
+            ("ping-interval", self.ping_interval),
+            ("idle-timeout", self.idle_timeout),
+            ("drain-timeout", self.drain_timeout),
+        ] {
+            if d > MAX_DURATION {
+                return err(key, "must be at most 24h");
+            }
         }
         if !self.idle_timeout.is_zero()
             && !self.ping_interval.is_zero()

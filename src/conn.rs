@@ -6,9 +6,11 @@
 //! connection is one small future: no read buffer, no write buffer, no
 //! second task. Generic over the stream so TLS can slot in later.
 //!
-//! Backpressure: while the outbox is half full the connection stops reading
-//! from its client. A client that floods requests without reading replies
-//! then fills its own TCP window instead of the server's memory.
+//! Backpressure: fan-out can fill the outbox only up to its limits; replies
+//! to the client's own requests may go past them. While the outbox is past a
+//! limit the connection stops reading from its client, so a client that
+//! floods requests without reading the replies fills its own TCP window
+//! instead of the server's memory.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -35,6 +37,9 @@ const READS_PER_POLL: usize = 8;
 const MAX_IOV: usize = 64;
 /// Roughly the most bytes taken from the outbox for one batch.
 const BATCH_BYTES: usize = 256 * 1024;
+/// First byte of a Close frame (FIN + opcode 8). Every outbox entry is a
+/// whole frame, so an entry starting with it is a Close.
+const CLOSE_HEADER: u8 = 0x88;
 
 /// What the connection's task must handle next.
 #[derive(Debug)]
@@ -78,8 +83,11 @@ pub struct Conn<S> {
     /// Something was written since the last flush (matters for TLS).
     unflushed: bool,
     read_eof: bool,
-    /// When the last bytes arrived from the client.
-    last_read: Instant,
+    /// When the client last showed it is alive: bytes arrived from it, or
+    /// it took bytes from us (its TCP window opened).
+    last_seen: Instant,
+    /// A Close frame has been taken into the batch: nothing may follow it.
+    close_queued: bool,
     timer: Option<Pin<Box<Sleep>>>,
     stats: Arc<Stats>,
 }
@@ -97,7 +105,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             batch: VecDeque::new(),
             unflushed: false,
             read_eof: false,
-            last_read: Instant::now(),
+            last_seen: Instant::now(),
+            close_queued: false,
             timer: None,
             stats,
         }
@@ -108,9 +117,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         &self.outbox
     }
 
-    /// When bytes last arrived from the client.
-    pub fn last_read(&self) -> Instant {
-        self.last_read
+    /// When the client last read or sent anything (for the idle timeout).
+    pub fn last_seen(&self) -> Instant {
+        self.last_seen
     }
 
     /// Whether the client is in the middle of sending a message.
@@ -149,6 +158,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Result<Incoming, ConnError>> {
+        // Register before looking at the close flag, so a request that
+        // lands in between still wakes this task.
+        self.outbox.register(cx);
         if let Some(code) = self.outbox.close_requested() {
             return Poll::Ready(Ok(Incoming::CloseRequested(code)));
         }
@@ -161,7 +173,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         if let Some(e) = self.pending_error.take() {
             return Poll::Ready(Err(e.into()));
         }
-        if !self.read_eof && !self.outbox.is_congested() {
+        if !self.read_eof && !self.outbox.is_over_limit() {
             let mut reads = 0;
             loop {
                 if reads == READS_PER_POLL {
@@ -186,7 +198,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                     Poll::Pending => break,
                 }
-                if self.outbox.is_congested() {
+                if self.outbox.is_over_limit() {
                     break;
                 }
             }
@@ -209,7 +221,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf))?;
         let n = buf.filled().len();
         if n > 0 {
-            self.last_read = Instant::now();
+            self.last_seen = Instant::now();
             self.stats.bytes_in.fetch_add(n as u64, Relaxed);
             self.decode(buf.filled());
         }
@@ -222,7 +234,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         self.outbox.register(cx);
         loop {
             if self.batch.is_empty() {
-                self.outbox.pop_batch(&mut self.batch, MAX_IOV, BATCH_BYTES);
+                self.take_batch();
                 if self.batch.is_empty() {
                     // Give back what a burst grew; an idle connection holds nothing.
                     if self.batch.capacity() > 0 {
@@ -253,6 +265,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
+    /// Move the next frames from the outbox into the batch. Once a Close
+    /// frame is in, whatever was queued after it (a fan-out that raced with
+    /// the close) is discarded: RFC 6455 allows no data after Close.
+    fn take_batch(&mut self) {
+        if !self.close_queued {
+            self.outbox.pop_batch(&mut self.batch, MAX_IOV, BATCH_BYTES);
+            if let Some(at) = self.batch.iter().position(|f| f.first() == Some(&CLOSE_HEADER)) {
+                self.close_queued = true;
+                let late: Vec<Bytes> = self.batch.drain(at + 1..).collect();
+                self.outbox.written(late.len(), late.iter().map(Bytes::len).sum());
+            }
+        }
+        if self.close_queued {
+            self.outbox.discard();
+        }
+    }
+
     /// Account `n` written bytes against the batch.
     fn advance(&mut self, mut n: usize) {
         let total = n;
@@ -268,6 +297,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             }
         }
         self.outbox.written(frames, total);
+        self.last_seen = Instant::now();
         self.stats.bytes_out.fetch_add(total as u64, Relaxed);
         self.stats.messages_out.fetch_add(frames as u64, Relaxed);
     }

@@ -64,9 +64,11 @@ impl Disconnect {
     }
 
     /// Whether frames already queued should still be written before the
-    /// close frame. A slow consumer's backlog is discarded instead: it is
-    /// what the client could not read.
+    /// close frame. A slow consumer's backlog is what it could not read, and
+    /// a client that closed wants its Close answered promptly (RFC 6455
+    /// 5.5.1), so both discard it. Shutdown flushes, as do protocol errors
+    /// (replies to the messages that came before the violation).
     pub fn flushes_queue(self) -> bool {
-        !matches!(self, Self::SlowConsumer)
+        !matches!(self, Self::SlowConsumer | Self::ClientClosed(_))
     }
 }

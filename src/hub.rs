@@ -108,25 +108,28 @@ impl Hub {
     }
 
     /// Register a new connection and return its outbox (with a fresh id).
-    pub fn register(&self) -> Arc<Outbox> {
+    /// An unlisted connection (the `/echo` endpoint) is counted but cannot
+    /// be found by id, so nobody can send to it.
+    pub fn register(&self, listed: bool) -> Arc<Outbox> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let outbox = Arc::new(Outbox::new(
             id,
             self.config.queue_messages,
             self.config.queue_bytes,
         ));
-        lock(self.conn_shard(id)).insert(id, outbox.clone());
+        if listed {
+            lock(self.conn_shard(id)).insert(id, outbox.clone());
+        }
         self.stats.connections.fetch_add(1, Ordering::Relaxed);
         self.stats.connections_total.fetch_add(1, Ordering::Relaxed);
         outbox
     }
 
-    /// Remove a connection from the registry. The caller has already left its
-    /// groups (see [`Hub::leave`]).
+    /// Remove a connection from the registry; call exactly once per
+    /// [`Hub::register`]. The caller has already left its groups.
     pub fn unregister(&self, id: ConnId) {
-        if lock(self.conn_shard(id)).remove(&id).is_some() {
-            self.stats.connections.fetch_sub(1, Ordering::Relaxed);
-        }
+        lock(self.conn_shard(id)).remove(&id);
+        self.stats.connections.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Look up a connection by id.
@@ -299,8 +302,8 @@ mod tests {
     #[test]
     fn join_leave_are_idempotent_and_groups_vanish() {
         let h = hub(SlowConsumerPolicy::Disconnect, false);
-        let a = h.register();
-        let b = h.register();
+        let a = h.register(true);
+        let b = h.register(true);
         assert_ne!(a.id(), b.id());
         let j = h.join("g", &a);
         assert!(j.new_member && j.created);
@@ -319,8 +322,8 @@ mod tests {
     fn fanout_shares_one_frame_and_applies_policies() {
         for policy in [SlowConsumerPolicy::Drop, SlowConsumerPolicy::Disconnect] {
             let h = hub(policy, false);
-            let a = h.register();
-            let b = h.register();
+            let a = h.register(true);
+            let b = h.register(true);
             h.join("g", &a);
             h.join("g", &b);
             let frame = Bytes::from_static(b"xx");
@@ -367,8 +370,8 @@ mod tests {
     #[test]
     fn no_echo_skips_the_publisher() {
         let h = hub(SlowConsumerPolicy::Drop, true);
-        let a = h.register();
-        let b = h.register();
+        let a = h.register(true);
+        let b = h.register(true);
         h.join("g", &a);
         h.join("g", &b);
         assert_eq!(

@@ -96,7 +96,7 @@ impl Outbox {
 
     /// Queue a frame the connection owes its own client (ack, error, pong,
     /// close), ignoring the limits. The connection stops reading while its
-    /// queue is half full, so these are bounded by what one read produces.
+    /// queue is past a limit, so these are bounded by what one read produces.
     pub fn push_reply(&self, frame: Bytes) {
         self.len.fetch_add(1, Ordering::AcqRel);
         self.bytes.fetch_add(frame.len(), Ordering::AcqRel);
@@ -140,10 +140,10 @@ impl Outbox {
         self.bytes.load(Ordering::Acquire)
     }
 
-    /// Whether the queue is at least half full by either limit; the
-    /// connection pauses reading from its client then.
-    pub fn is_congested(&self) -> bool {
-        self.len() * 2 >= self.max_len || self.bytes() * 2 >= self.max_bytes
+    /// Whether replies pushed the queue past a limit (fan-out alone never
+    /// does); the connection pauses reading from its client then.
+    pub fn is_over_limit(&self) -> bool {
+        self.len() > self.max_len || self.bytes() > self.max_bytes
     }
 
     // ---- consumer side: only the connection's own task calls these ----

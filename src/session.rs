@@ -14,6 +14,7 @@ use tracing::debug;
 use crate::broker::{BrokerError, Payload, Publication, Target};
 use crate::conn::{Conn, ConnError, Incoming};
 use crate::disconnect::Disconnect;
+use crate::hub::Hub;
 use crate::node::Node;
 use crate::outbox::Outbox;
 use crate::protocol::{self, Data, ErrorCode, Request, RequestError};
@@ -42,7 +43,7 @@ pub async fn run<S>(node: Arc<Node>, io: S, early: Bytes, mode: Mode)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let outbox = node.hub.register();
+    let outbox = node.hub.register(mode == Mode::Protocol);
     let id = outbox.id();
     let conn = Conn::new(
         io,
@@ -53,8 +54,12 @@ where
     let mut session = Session {
         node: node.clone(),
         conn,
-        outbox,
-        groups: Vec::new(),
+        outbox: outbox.clone(),
+        membership: Membership {
+            hub: node.hub.clone(),
+            outbox,
+            groups: Vec::new(),
+        },
         mode,
         next_ping: None,
     };
@@ -75,8 +80,8 @@ struct Session<S> {
     node: Arc<Node>,
     conn: Conn<S>,
     outbox: Arc<Outbox>,
-    /// Groups this connection is in (names shared with the hub).
-    groups: Vec<Arc<str>>,
+    /// Groups this connection is in; undone when the session ends.
+    membership: Membership,
     mode: Mode,
     next_ping: Option<Instant>,
 }
@@ -107,10 +112,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             match incoming {
                 Incoming::Event(Event::Close(frame)) => {
                     // Answer with the client's code (1000 if it sent none).
-                    let reason = Disconnect::ClientClosed(frame.code);
-                    self.outbox.push_reply(close::encode_close(reason.code(), ""));
-                    self.conn.finish(Instant::now() + CLOSE_WAIT).await;
-                    return Some(reason);
+                    return self.close(Disconnect::ClientClosed(frame.code)).await;
                 }
                 Incoming::Event(Event::Ping(payload)) => {
                     self.outbox.push_reply(frame::encode(OP_PONG, &payload));
@@ -143,6 +145,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     /// Close from our side with `reason`, and wait (bounded) for the client.
     async fn close(&mut self, reason: Disconnect) -> Option<Disconnect> {
+        // Refuse further fan-out first, so nothing lands behind the Close.
+        self.outbox.request_close(reason.code());
         if !reason.flushes_queue() {
             self.outbox.discard();
         }
@@ -160,7 +164,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     fn heartbeat(&mut self) -> Option<Disconnect> {
         let now = Instant::now();
         if let Some(idle) = self.node.config.idle()
-            && now >= self.conn.last_read() + idle
+            && now >= self.conn.last_seen() + idle
         {
             return Some(Disconnect::IdleTimeout);
         }
@@ -175,7 +179,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     fn arm_timer(&mut self) {
-        let idle = self.node.config.idle().map(|d| self.conn.last_read() + d);
+        let idle = self.node.config.idle().map(|d| self.conn.last_seen() + d);
         let deadline = match (idle, self.next_ping) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -186,11 +190,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     fn echo(&mut self, opcode: u8, payload: Bytes) {
-        // Header and payload as two frames of the queue: no copy of the payload.
-        self.outbox.push_reply(frame::header(opcode, payload.len()));
-        if !payload.is_empty() {
-            self.outbox.push_reply(payload);
-        }
+        // One queue entry per frame: entries are whole frames (see conn.rs).
+        self.outbox.push_reply(frame::encode(opcode, &payload));
     }
 
     fn reply_error(&self, e: &RequestError<'_>) {
@@ -243,9 +244,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         };
         match req {
             Request::Join { group } => {
-                if !self.groups.iter().any(|g| **g == *group) {
+                if !self.membership.groups.iter().any(|g| **g == *group) {
                     let max = self.node.config.max_groups_per_connection;
-                    if self.groups.len() >= max {
+                    if self.membership.groups.len() >= max {
                         return Err(err(
                             ErrorCode::TooManyGroups,
                             format!("a connection may be in at most {max} groups"),
@@ -258,19 +259,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                         self.leave_group(&joined.name).await;
                         return Err(err(ErrorCode::Internal, e.to_string()));
                     }
-                    self.groups.push(joined.name);
+                    self.membership.groups.push(joined.name);
                 }
                 Ok(())
             }
             Request::Leave { group } => {
-                if let Some(pos) = self.groups.iter().position(|g| **g == *group) {
-                    let name = self.groups.swap_remove(pos);
+                if let Some(pos) = self.membership.groups.iter().position(|g| **g == *group) {
+                    let name = self.membership.groups.swap_remove(pos);
                     self.leave_group(&name).await;
                 }
                 Ok(())
             }
             Request::Publish { group, data } => {
                 let name = self
+                    .membership
                     .groups
                     .iter()
                     .find(|g| ***g == *group)
@@ -328,12 +330,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
     }
 
-    /// Leave every group and unregister.
+    /// Leave every group, telling the broker about groups that became
+    /// empty; [`Membership`]'s drop then unregisters.
     async fn cleanup(&mut self) {
-        for name in std::mem::take(&mut self.groups) {
+        for name in std::mem::take(&mut self.membership.groups) {
             self.leave_group(&name).await;
         }
         self.outbox.discard();
-        self.node.hub.unregister(self.outbox.id());
+    }
+}
+
+/// A connection's place in the hub. Dropping it leaves every group still
+/// listed and unregisters the connection, so a session that ends in any way,
+/// even by a panic, leaves nothing behind in the hub.
+struct Membership {
+    hub: Arc<Hub>,
+    outbox: Arc<Outbox>,
+    /// Groups this connection is in (names shared with the hub).
+    groups: Vec<Arc<str>>,
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        for name in self.groups.drain(..) {
+            self.hub.leave(&name, self.outbox.id());
+        }
+        self.hub.unregister(self.outbox.id());
     }
 }

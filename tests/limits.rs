@@ -277,3 +277,117 @@ async fn no_leak_after_1000_connect_join_disconnect_cycles() {
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn nothing_follows_the_close_frame_even_under_traffic() {
+    let server = start(config()).await;
+    let mut raw = RawClient::connect_small_rcvbuf(server.addr, "/ws").await;
+    let welcome = raw.frame().await.unwrap();
+    assert_eq!(welcome.opcode, 1);
+    raw.send_text(r#"{"type":"join","group":"g","id":1}"#).await;
+    assert_eq!(raw.frame().await.unwrap().payload, br#"{"type":"ack","id":1}"#);
+    // A publisher keeps the group busy before and after the raw client
+    // closes; the raw client reads nothing until it has sent its Close.
+    let (mut publisher, _) = connect(&server).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let flood = tokio::spawn(async move {
+        let mut i = 0u64;
+        let pad = "x".repeat(2000);
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            send_json(
+                &mut publisher,
+                json!({"type":"publish","group":"g","data":[i, pad]}),
+            )
+            .await;
+            i += 1;
+            tokio::task::yield_now().await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    raw.send_frame(true, 8, &1000u16.to_be_bytes()).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut after_close = 0;
+    let mut closed = false;
+    while let Some(f) = raw.frame().await {
+        if closed {
+            after_close += 1;
+        }
+        if f.opcode == 8 {
+            assert_eq!(&f.payload[..2], &1000u16.to_be_bytes());
+            closed = true;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(closed, "the server answered the Close");
+    assert_eq!(after_close, 0, "frames after the Close");
+    flood.await.unwrap();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn echo_connections_cannot_be_targeted_by_send() {
+    let server = start(config()).await;
+    let (mut ws, my_id) = connect(&server).await;
+    let mut echo = RawClient::connect(server.addr, "/echo").await;
+    // Ids are sequential: the echo connection got the next one.
+    let echo_id = (my_id.parse::<u64>().unwrap() + 1).to_string();
+    let e = request(&mut ws, json!({"type":"send","to":echo_id,"data":"x","id":1})).await;
+    assert_eq!(e["code"], "unknown_connection");
+    echo.send_frame(true, 2, b"ping-pong").await;
+    let f = echo.frame().await.unwrap();
+    assert_eq!((f.opcode, f.payload.as_slice()), (2, &b"ping-pong"[..]));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_reading_client_under_drop_policy_is_not_timed_out() {
+    let server = start(Config {
+        queue_messages: 8,
+        slow_consumer: SlowConsumerPolicy::Drop,
+        ping_interval: Duration::from_millis(200),
+        idle_timeout: Duration::from_millis(800),
+        ..config()
+    })
+    .await;
+    let (mut reader, _) = connect(&server).await;
+    request(&mut reader, json!({"type":"join","group":"g","id":1})).await;
+    let (mut publisher, _) = connect(&server).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let flood = tokio::spawn(async move {
+        let pad = "x".repeat(1024);
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            send_json(&mut publisher, json!({"type":"publish","group":"g","data":pad})).await;
+            tokio::task::yield_now().await;
+        }
+    });
+    // Read slowly for 2.5 s (several idle timeouts), always behind.
+    let until = tokio::time::Instant::now() + Duration::from_millis(2500);
+    let mut got = 0;
+    while tokio::time::Instant::now() < until {
+        match recv(&mut reader).await {
+            Message::Text(_) => got += 1,
+            Message::Close(c) => panic!("closed: {c:?}"),
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    flood.await.unwrap();
+    assert!(got > 0);
+    assert!(
+        server.stats().dropped > 0,
+        "the reader was slower than the publisher"
+    );
+    // Still connected: the backlog drains and a ping is answered, no Close.
+    send_json(&mut reader, json!({"type":"ping","id":"last"})).await;
+    loop {
+        match recv(&mut reader).await {
+            Message::Text(t) if t.contains("\"pong\"") => break,
+            Message::Text(_) => {}
+            other => panic!("connection ended: {other:?}"),
+        }
+    }
+    server.stop().await;
+}

@@ -51,13 +51,6 @@ pub fn write_header(out: &mut [u8; MAX_HEADER], opcode: u8, rsv1: bool, len: usi
     n
 }
 
-/// The encoded header alone, for a payload that is queued separately.
-pub fn header(opcode: u8, len: usize) -> Bytes {
-    let mut h = [0u8; MAX_HEADER];
-    let n = write_header(&mut h, opcode, false, len);
-    Bytes::copy_from_slice(&h[MAX_HEADER - n..])
-}
-
 /// A complete final frame with `payload` copied after the header.
 pub fn encode(opcode: u8, payload: &[u8]) -> Bytes {
     let mut f = FramePayload::with_capacity(payload.len());
@@ -152,11 +145,11 @@ mod tests {
     }
 
     #[test]
-    fn rsv1_and_separate_header() {
+    fn rsv1_header() {
         let mut p = FramePayload::with_capacity(3);
         p.extend_from_slice(b"abc");
         let f = p.finish_with(OP_TEXT, true);
         assert_eq!(&f[..], b"\xc1\x03abc");
-        assert_eq!(&header(OP_TEXT, 300)[..], &[0x81, 126, 1, 44]);
+        assert_eq!(&encode(OP_TEXT, &[0; 300])[..4], &[0x81, 126, 1, 44]);
     }
 }

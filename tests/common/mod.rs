@@ -219,3 +219,115 @@ pub async fn http_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) ->
         .unwrap_or_default();
     (status, body)
 }
+
+/// A raw WebSocket client over TCP, for checking exactly which frames the
+/// server sends and in what order (tungstenite hides some of that).
+pub struct RawClient {
+    pub tcp: TcpStream,
+    buf: Vec<u8>,
+}
+
+/// A frame as the server sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawFrame {
+    pub fin: bool,
+    pub opcode: u8,
+    pub payload: Vec<u8>,
+}
+
+impl RawClient {
+    pub async fn connect(addr: SocketAddr, path: &str) -> Self {
+        Self::handshake(TcpStream::connect(addr).await.unwrap(), addr, path).await
+    }
+
+    /// Connect with a tiny receive buffer, so the server's writes block
+    /// as soon as this client stops reading.
+    pub async fn connect_small_rcvbuf(addr: SocketAddr, path: &str) -> Self {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.set_recv_buffer_size(4096).unwrap();
+        Self::handshake(sock.connect(addr).await.unwrap(), addr, path).await
+    }
+
+    async fn handshake(mut tcp: TcpStream, addr: SocketAddr, path: &str) -> Self {
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        tcp.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        let end = loop {
+            let mut chunk = [0u8; 1024];
+            let n = tokio::time::timeout(STEP, tcp.read(&mut chunk))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n > 0, "closed during handshake");
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break p + 4;
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
+        buf.drain(..end);
+        Self { tcp, buf }
+    }
+
+    pub async fn send_frame(&mut self, fin: bool, opcode: u8, payload: &[u8]) {
+        let f = roomcast::ws::decoder::client_frame(fin, opcode, [0x11, 0x22, 0x33, 0x44], payload);
+        self.tcp.write_all(&f).await.unwrap();
+    }
+
+    pub async fn send_text(&mut self, s: &str) {
+        self.send_frame(true, 1, s.as_bytes()).await;
+    }
+
+    /// The next frame, or `None` at EOF.
+    pub async fn frame(&mut self) -> Option<RawFrame> {
+        loop {
+            if let Some((frame, used)) = parse_server_frame(&self.buf) {
+                self.buf.drain(..used);
+                return Some(frame);
+            }
+            let mut chunk = vec![0u8; 64 * 1024];
+            let n = tokio::time::timeout(STEP, self.tcp.read(&mut chunk))
+                .await
+                .expect("timed out reading a frame")
+                .unwrap_or(0);
+            if n == 0 {
+                assert!(
+                    self.buf.is_empty(),
+                    "EOF inside a frame: {} bytes left",
+                    self.buf.len()
+                );
+                return None;
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+/// Parse one unmasked server frame from the front of `b`.
+fn parse_server_frame(b: &[u8]) -> Option<(RawFrame, usize)> {
+    if b.len() < 2 {
+        return None;
+    }
+    assert_eq!(b[1] & 0x80, 0, "server frames must not be masked");
+    assert_eq!(b[0] & 0x70, 0, "no reserved bits without extensions");
+    let (len, at) = match b[1] & 0x7F {
+        126 if b.len() >= 4 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
+        127 if b.len() >= 10 => (u64::from_be_bytes(b[2..10].try_into().unwrap()) as usize, 10),
+        126 | 127 => return None,
+        l => (l as usize, 2),
+    };
+    if b.len() < at + len {
+        return None;
+    }
+    let frame = RawFrame {
+        fin: b[0] & 0x80 != 0,
+        opcode: b[0] & 0x0F,
+        payload: b[at..at + len].to_vec(),
+    };
+    Some((frame, at + len))
+}
