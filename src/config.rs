@@ -1,16 +1,25 @@
 //! The typed configuration of `roomcast serve`.
 //!
-//! One struct holds every setting with its default. Today it is filled from
-//! command-line flags; the TOML file and `ROOMCAST_*` environment layers land
-//! in the same struct.
+//! One struct, [`Config`], holds every setting with its default. It is
+//! filled from four layers, later ones winning: defaults, a TOML file
+//! (`--config`), `ROOMCAST_*` environment variables, command-line flags.
+//! clap parses flags and environment together and tells for each setting
+//! where its value came from ([`clap::parser::ValueSource`]); a value from
+//! the file replaces only defaults. Unknown keys in the file and unknown
+//! `ROOMCAST_*` variables are errors that name the key, so a typo never
+//! silently leaves a default in place.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::{Args, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, ValueEnum};
+use serde::{Deserialize, Serialize};
 
 /// What to do with a member whose outbound queue is full.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum SlowConsumerPolicy {
     /// Close the connection with code 4001 so the client reconnects.
     Disconnect,
@@ -18,56 +27,112 @@ pub enum SlowConsumerPolicy {
     Drop,
 }
 
-/// Settings of the server.
-#[derive(Debug, Clone, Args)]
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Settings of the server. Every field is a flag (`--max-message-size`), an
+/// environment variable (`ROOMCAST_MAX_MESSAGE_SIZE`) and a TOML key
+/// (`max_message_size`).
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Address and port to listen on.
-    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:8080")]
+    #[arg(
+        long,
+        env = "ROOMCAST_LISTEN",
+        value_name = "ADDR:PORT",
+        default_value = "127.0.0.1:8080"
+    )]
     pub listen: SocketAddr,
 
     /// Largest WebSocket message accepted from a client, in bytes (sum of
     /// its fragments); larger ones close the connection with 1009.
-    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024)]
+    #[arg(long, env = "ROOMCAST_MAX_MESSAGE_SIZE", value_name = "BYTES", default_value_t = 64 * 1024)]
     pub max_message_size: usize,
 
     /// How often the server pings each client on /ws (0s: never).
-    #[arg(long, value_name = "DUR", default_value = "25s", value_parser = parse_duration)]
+    #[arg(long, env = "ROOMCAST_PING_INTERVAL", value_name = "DUR", default_value = "25s", value_parser = parse_duration)]
+    #[serde(with = "humantime_serde")]
     pub ping_interval: Duration,
 
-    /// Close a connection (code 4002) when nothing, not even a pong, has
-    /// arrived for this long (0s: never).
-    #[arg(long, value_name = "DUR", default_value = "60s", value_parser = parse_duration)]
+    /// Close a connection (code 4002) that shows no sign of life for this
+    /// long: nothing received from it (pongs count) and no progress reading
+    /// a backlog it is sent (0s: never).
+    #[arg(long, env = "ROOMCAST_IDLE_TIMEOUT", value_name = "DUR", default_value = "60s", value_parser = parse_duration)]
+    #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
 
     /// Outbound queue limit per connection, in frames.
-    #[arg(long, value_name = "N", default_value_t = 1024)]
+    #[arg(
+        long,
+        env = "ROOMCAST_QUEUE_MESSAGES",
+        value_name = "N",
+        default_value_t = 1024
+    )]
     pub queue_messages: usize,
 
     /// Outbound queue limit per connection, in bytes.
-    #[arg(long, value_name = "BYTES", default_value_t = 1024 * 1024)]
+    #[arg(long, env = "ROOMCAST_QUEUE_BYTES", value_name = "BYTES", default_value_t = 1024 * 1024)]
     pub queue_bytes: usize,
 
     /// What happens when a client's outbound queue is full: `disconnect`
     /// closes it with code 4001, `drop` skips the message for that client.
-    #[arg(long, value_enum, default_value_t = SlowConsumerPolicy::Disconnect)]
+    #[arg(long, env = "ROOMCAST_SLOW_CONSUMER", value_enum, default_value_t = SlowConsumerPolicy::Disconnect)]
     pub slow_consumer: SlowConsumerPolicy,
 
     /// Most groups one connection may be in at once.
-    #[arg(long, value_name = "N", default_value_t = 128)]
+    #[arg(
+        long,
+        env = "ROOMCAST_MAX_GROUPS_PER_CONNECTION",
+        value_name = "N",
+        default_value_t = 128
+    )]
     pub max_groups_per_connection: usize,
 
     /// On SIGINT/SIGTERM, how long to wait for queued messages to be written
     /// and clients to acknowledge the close before exiting anyway.
-    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "ROOMCAST_DRAIN_TIMEOUT", value_name = "DUR", default_value = "10s", value_parser = parse_duration)]
+    #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
 
+    /// Kernel send buffer per client socket, in bytes (0: the kernel's
+    /// autotuning, up to net.ipv4.tcp_wmem). Small enough that the backlog
+    /// of a slow client sits in roomcast's queue, where it is bounded,
+    /// counted and subject to the slow-consumer policy, and heartbeats are
+    /// not stuck behind megabytes in the kernel.
+    #[arg(long, env = "ROOMCAST_SOCKET_SEND_BUFFER", value_name = "BYTES", default_value_t = 256 * 1024)]
+    pub socket_send_buffer: usize,
+
     /// Do not deliver a publication back to the connection that published it.
-    #[arg(long)]
+    #[arg(long, env = "ROOMCAST_NO_ECHO")]
     pub no_echo: bool,
 
     /// Do not serve the plain echo endpoint at /echo (used for conformance).
-    #[arg(long)]
+    #[arg(long, env = "ROOMCAST_DISABLE_ECHO_ENDPOINT")]
     pub disable_echo_endpoint: bool,
+
+    /// Key required as `Authorization: Bearer KEY` on /api. Without one,
+    /// the API answers only clients on loopback addresses.
+    #[arg(long, env = "ROOMCAST_API_KEY", value_name = "KEY", hide_env_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<String>,
+
+    /// Log format.
+    #[arg(long, env = "ROOMCAST_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+
+    /// Log filter, e.g. `info` or `roomcast=debug,hyper=warn` (tracing
+    /// EnvFilter syntax). Unset: `RUST_LOG`, or `info`.
+    #[arg(long, env = "ROOMCAST_LOG_LEVEL", value_name = "FILTER")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<String>,
 }
 
 impl Default for Config {
@@ -82,8 +147,12 @@ impl Default for Config {
             slow_consumer: SlowConsumerPolicy::Disconnect,
             max_groups_per_connection: 128,
             drain_timeout: Duration::from_secs(10),
+            socket_send_buffer: 256 * 1024,
             no_echo: false,
             disable_echo_endpoint: false,
+            api_key: None,
+            log_format: LogFormat::Human,
+            log_level: None,
         }
     }
 }
@@ -92,10 +161,109 @@ impl Default for Config {
 #[derive(Debug, thiserror::Error)]
 #[error("invalid setting '{key}': {message}")]
 pub struct ConfigError {
-    /// The offending key (flag name without dashes).
-    pub key: &'static str,
+    /// The offending key (TOML key, flag or environment variable).
+    pub key: String,
     /// Why.
     pub message: String,
+}
+
+/// Flags shared by `roomcast serve` and `roomcast config`.
+#[derive(Debug, Clone, Args)]
+pub struct ConfigArgs {
+    /// TOML configuration file; flags and `ROOMCAST_*` variables override it.
+    #[arg(long, short = 'c', env = "ROOMCAST_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub settings: Config,
+}
+
+/// Environment variables that are not settings but are still ours.
+const OTHER_ENV: &[&str] = &["ROOMCAST_CONFIG"];
+
+impl ConfigArgs {
+    /// Merge defaults, the file, the environment and flags into the
+    /// effective configuration, and validate it. `matches` are the parsed
+    /// arguments of the subcommand (they say where each value came from).
+    pub fn resolve(self, matches: &ArgMatches) -> Result<Config, ConfigError> {
+        check_env(std::env::vars().map(|(k, _)| k))?;
+        let mut merged = toml::Table::try_from(&self.settings).map_err(|e| ConfigError {
+            key: "(flags)".into(),
+            message: e.to_string(),
+        })?;
+        if let Some(path) = &self.config {
+            let file = read_file(path)?;
+            for (key, value) in file {
+                let from_cli = matches!(
+                    matches.value_source(&key),
+                    Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+                );
+                if !from_cli {
+                    merged.insert(key, value);
+                }
+            }
+        }
+        let config = Config::deserialize(merged).map_err(|e| ConfigError {
+            key: "(merged)".into(),
+            message: e.message().to_owned(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// Read and check a TOML file: every key known, every value valid.
+fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        key: shown.clone(),
+        message: format!("cannot read config file: {e}"),
+    })?;
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError {
+        key: shown.clone(),
+        message: e.to_string(),
+    })?;
+    // Deserializing the text finds unknown keys and bad values, with a span
+    // that points at the offending line.
+    if let Err(e) = toml::from_str::<Config>(&text) {
+        let key = e
+            .span()
+            .and_then(|span| text[..span.start].rsplit('\n').next().map(|_| span.start))
+            .and_then(|start| {
+                let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+                let line = text[line_start..].lines().next().unwrap_or("");
+                line.split_once('=').map(|(k, _)| k.trim().to_owned())
+            })
+            .unwrap_or_else(|| shown.clone());
+        return Err(ConfigError {
+            key,
+            message: format!("{} (in {shown})", e.message()),
+        });
+    }
+    Ok(table)
+}
+
+/// Reject `ROOMCAST_*` variables that match no setting.
+fn check_env(names: impl Iterator<Item = String>) -> Result<(), ConfigError> {
+    let known = toml::Table::try_from(Config {
+        api_key: Some(String::new()),
+        log_level: Some(String::new()),
+        ..Config::default()
+    })
+    .expect("defaults serialize");
+    for name in names {
+        let Some(rest) = name.strip_prefix("ROOMCAST_") else {
+            continue;
+        };
+        if OTHER_ENV.contains(&name.as_str()) || known.contains_key(&rest.to_ascii_lowercase()) {
+            continue;
+        }
+        return Err(ConfigError {
+            key: name.clone(),
+            message: "unknown environment variable (see docs/configuration.md)".into(),
+        });
+    }
+    Ok(())
 }
 
 /// Longest accepted duration setting: far beyond any sensible value, and
@@ -108,39 +276,50 @@ const MAX_MESSAGE_LIMIT: usize = 1 << 30;
 impl Config {
     /// Reject combinations that cannot work, naming the setting.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let err = |key, message: &str| {
+        let err = |key: &str, message: &str| {
             Err(ConfigError {
-                key,
+                key: key.to_owned(),
                 message: message.to_owned(),
             })
         };
         if self.max_message_size == 0 || self.max_message_size > MAX_MESSAGE_LIMIT {
-            return err("max-message-size", "must be between 1 and 1073741824 bytes");
+            return err("max_message_size", "must be between 1 and 1073741824 bytes");
         }
         if self.queue_messages == 0 {
-            return err("queue-messages", "must be at least 1");
+            return err("queue_messages", "must be at least 1");
         }
         if self.queue_bytes == 0 {
-            return err("queue-bytes", "must be at least 1");
+            return err("queue_bytes", "must be at least 1");
         }
         if self.max_groups_per_connection == 0 {
-            return err("max-groups-per-connection", "must be at least 1");
+            return err("max_groups_per_connection", "must be at least 1");
         }
         for (key, d) in [
-            ("ping-interval", self.ping_interval),
-            ("idle-timeout", self.idle_timeout),
-            ("drain-timeout", self.drain_timeout),
+            ("ping_interval", self.ping_interval),
+            ("idle_timeout", self.idle_timeout),
+            ("drain_timeout", self.drain_timeout),
         ] {
             if d > MAX_DURATION {
                 return err(key, "must be at most 24h");
             }
+        }
+        if self.api_key.as_deref().is_some_and(|k| k.len() < 16) {
+            return err("api_key", "must be at least 16 characters");
+        }
+        if let Some(filter) = &self.log_level
+            && tracing_subscriber::EnvFilter::try_new(filter).is_err()
+        {
+            return err(
+                "log_level",
+                "not a valid log filter (examples: info, roomcast=debug)",
+            );
         }
         if !self.idle_timeout.is_zero()
             && !self.ping_interval.is_zero()
             && self.ping_interval >= self.idle_timeout
         {
             return err(
-                "ping-interval",
+                "ping_interval",
                 "must be shorter than idle-timeout, or clients that only answer pings time out",
             );
         }
@@ -150,6 +329,27 @@ impl Config {
     /// The ping interval, `None` when pings are off.
     pub fn ping(&self) -> Option<Duration> {
         (!self.ping_interval.is_zero()).then_some(self.ping_interval)
+    }
+
+    /// The effective configuration as a commented TOML file.
+    pub fn to_toml(&self, show_secrets: bool) -> String {
+        let mut shown = self.clone();
+        if !show_secrets && shown.api_key.is_some() {
+            shown.api_key = Some("<redacted: use --show-secrets>".into());
+        }
+        let body = toml::to_string(&shown).expect("config serializes");
+        let mut out = String::from(
+            "# roomcast configuration (effective values). Use with: roomcast serve --config FILE\n\
+             # Every key is documented in docs/configuration.md.\n",
+        );
+        if shown.api_key.is_none() {
+            out.push_str("# api_key = \"...\"   # unset: the HTTP API answers loopback clients only\n");
+        }
+        if shown.log_level.is_none() {
+            out.push_str("# log_level = \"info\"   # unset: RUST_LOG, or info\n");
+        }
+        out.push_str(&body);
+        out
     }
 
     /// The idle timeout, `None` when off.
@@ -178,12 +378,12 @@ mod tests {
             ping_interval: Duration::from_secs(60),
             ..Config::default()
         };
-        assert_eq!(c.validate().unwrap_err().key, "ping-interval");
+        assert_eq!(c.validate().unwrap_err().key, "ping_interval");
         let c = Config {
             queue_messages: 0,
             ..Config::default()
         };
-        assert_eq!(c.validate().unwrap_err().key, "queue-messages");
+        assert_eq!(c.validate().unwrap_err().key, "queue_messages");
         assert!(parse_duration("500ms").is_ok());
         assert!(parse_duration("soon").is_err());
     }

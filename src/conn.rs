@@ -7,9 +7,9 @@
 //! second task. Generic over the stream so TLS can slot in later.
 //!
 //! Backpressure: fan-out can fill the outbox only up to its limits; replies
-//! to the client's own requests may go past them. While the outbox is past a
-//! limit the connection stops reading from its client, so a client that
-//! floods requests without reading the replies fills its own TCP window
+//! to the client's own requests may go past them. While the outbox is at
+//! twice a limit the connection stops reading from its client, so a client
+//! that floods requests without reading the replies fills its own TCP window
 //! instead of the server's memory.
 
 use std::collections::VecDeque;
@@ -18,13 +18,13 @@ use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+use crate::metrics::{Protocol, Written};
 use crate::outbox::Outbox;
 use crate::stats::Stats;
 use crate::ws::{Decoder, Event, ProtocolError};
@@ -84,12 +84,17 @@ pub struct Conn<S> {
     unflushed: bool,
     read_eof: bool,
     /// When the client last showed it is alive: bytes arrived from it, or
-    /// it took bytes from us (its TCP window opened).
+    /// a full socket took bytes again (the client is reading, just slowly).
     last_seen: Instant,
     /// A Close frame has been taken into the batch: nothing may follow it.
     close_queued: bool,
+    /// The last write attempt found the socket full.
+    write_blocked: bool,
     timer: Option<Pin<Box<Sleep>>>,
     stats: Arc<Stats>,
+    /// How the batch's first frame counts in the metrics, noted before any
+    /// of it is written (a partly written frame has lost its header).
+    head_kind: Option<Option<(Protocol, usize)>>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
@@ -107,8 +112,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             read_eof: false,
             last_seen: Instant::now(),
             close_queued: false,
+            write_blocked: false,
             timer: None,
             stats,
+            head_kind: None,
         }
     }
 
@@ -222,7 +229,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let n = buf.filled().len();
         if n > 0 {
             self.last_seen = Instant::now();
-            self.stats.bytes_in.fetch_add(n as u64, Relaxed);
+            self.stats.record_socket_read(n);
             self.decode(buf.filled());
         }
         Poll::Ready(Ok(n))
@@ -256,7 +263,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 *slot = IoSlice::new(frame);
                 n += 1;
             }
-            let written = ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..n]))?;
+            let written = match Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..n]) {
+                Poll::Ready(r) => r?,
+                Poll::Pending => {
+                    self.write_blocked = true;
+                    return Poll::Pending;
+                }
+            };
             if written == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
@@ -270,6 +283,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// the close) is discarded: RFC 6455 allows no data after Close.
     fn take_batch(&mut self) {
         if !self.close_queued {
+            let depth = self.outbox.len();
+            if depth > 0 {
+                self.stats.observe_outbox_depth(depth);
+            }
             self.outbox.pop_batch(&mut self.batch, MAX_IOV, BATCH_BYTES);
             if let Some(at) = self.batch.iter().position(|f| f.first() == Some(&CLOSE_HEADER)) {
                 self.close_queued = true;
@@ -285,21 +302,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// Account `n` written bytes against the batch.
     fn advance(&mut self, mut n: usize) {
         let total = n;
-        let mut frames = 0;
+        let mut tally = Written::new(total);
         while let Some(head) = self.batch.front_mut() {
+            let kind = *self.head_kind.get_or_insert_with(|| Protocol::of_frame(head));
             if head.len() <= n {
                 n -= head.len();
                 self.batch.pop_front();
-                frames += 1;
+                self.head_kind = None;
+                tally.frame(kind);
             } else {
                 head.advance(n);
                 break;
             }
         }
-        self.outbox.written(frames, total);
-        self.last_seen = Instant::now();
-        self.stats.bytes_out.fetch_add(total as u64, Relaxed);
-        self.stats.messages_out.fetch_add(frames as u64, Relaxed);
+        self.outbox.written(tally.frames as usize, total);
+        if self.write_blocked {
+            // The socket was full and took bytes again: the client's TCP
+            // window opened, so the client is reading. (A write into a
+            // socket that never filled proves nothing: the kernel takes it
+            // whether or not anyone is there.)
+            self.write_blocked = false;
+            self.last_seen = Instant::now();
+        }
+        self.stats.record_written(&tally);
     }
 
     /// Write everything queued, then shut down the write side (our FIN

@@ -45,7 +45,7 @@ impl Disconnect {
             Self::ClientClosed(_) => "",
             Self::Shutdown => "server shutting down",
             Self::Protocol(ProtocolError::TooBig) => "message too big",
-            Self::Protocol(ProtocolError::InvalidUtf8) => "invalid UTF-8",
+            Self::Protocol(e) if e.close_code() == close::INVALID_PAYLOAD => "invalid UTF-8",
             Self::Protocol(_) => "protocol error",
             Self::SlowConsumer => "slow consumer: outbound queue full",
             Self::IdleTimeout => "idle timeout",

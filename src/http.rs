@@ -23,7 +23,9 @@ pub fn router(node: Arc<Node>) -> Router {
     let mut r = Router::new()
         .route("/ws", get(ws_protocol))
         .route("/stats", get(stats))
-        .route("/healthz", get(healthz));
+        .route("/healthz", get(healthz))
+        .merge(crate::metrics::routes())
+        .nest("/api", crate::api::router(node.clone()));
     if !node.config.disable_echo_endpoint {
         r = r.route("/echo", get(ws_echo));
     }
@@ -108,7 +110,7 @@ fn upgrade(node: Arc<Node>, mut req: Request, mode: Mode) -> Response {
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
             Err(e) => {
-                debug!(error = %e, "upgrade failed");
+                crate::warn_limited!(crate::logging::LogKind::HttpError, error = %e, "upgrade failed");
                 return;
             }
         };

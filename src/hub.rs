@@ -12,12 +12,14 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
 
 use bytes::Bytes;
 use indexmap::IndexMap;
 
 use crate::config::SlowConsumerPolicy;
 use crate::disconnect::Disconnect;
+use crate::metrics::CloseReason;
 use crate::outbox::{ConnId, Outbox, PushError};
 use crate::stats::Stats;
 
@@ -75,7 +77,6 @@ pub struct Hub {
     conns: Box<[Mutex<ConnMap>]>,
     hasher: RandomState,
     next_id: AtomicU64,
-    group_count: AtomicU64,
     config: HubConfig,
     stats: Arc<Stats>,
 }
@@ -88,7 +89,6 @@ impl Hub {
             conns: (0..CONN_SHARDS).map(|_| Mutex::default()).collect(),
             hasher: RandomState::new(),
             next_id: AtomicU64::new(1),
-            group_count: AtomicU64::new(0),
             config,
             stats,
         }
@@ -120,16 +120,16 @@ impl Hub {
         if listed {
             lock(self.conn_shard(id)).insert(id, outbox.clone());
         }
-        self.stats.connections.fetch_add(1, Ordering::Relaxed);
-        self.stats.connections_total.fetch_add(1, Ordering::Relaxed);
+        self.stats.connection_opened();
         outbox
     }
 
     /// Remove a connection from the registry; call exactly once per
-    /// [`Hub::register`]. The caller has already left its groups.
-    pub fn unregister(&self, id: ConnId) {
+    /// [`Hub::register`], with why the connection ended. The caller has
+    /// already left its groups.
+    pub fn unregister(&self, id: ConnId, reason: CloseReason) {
         lock(self.conn_shard(id)).remove(&id);
-        self.stats.connections.fetch_sub(1, Ordering::Relaxed);
+        self.stats.connection_closed(reason);
     }
 
     /// Look up a connection by id.
@@ -146,11 +146,14 @@ impl Hub {
                 let name: Arc<str> = Arc::from(group);
                 let g = Arc::new(Group::default());
                 shard.insert(name.clone(), g.clone());
-                self.group_count.fetch_add(1, Ordering::Relaxed);
+                self.stats.group_created();
                 (name, g, true)
             }
         };
         let new_member = write(&g.members).insert(conn.id(), conn.clone()).is_none();
+        if new_member {
+            self.stats.member_added();
+        }
         Joined {
             name,
             new_member,
@@ -167,18 +170,21 @@ impl Hub {
         };
         let mut members = write(&g.members);
         let was_member = members.swap_remove(&id).is_some();
+        if was_member {
+            self.stats.member_removed();
+        }
         let removed = members.is_empty();
         drop(members);
         if removed {
             shard.remove(group);
-            self.group_count.fetch_sub(1, Ordering::Relaxed);
+            self.stats.group_removed();
         }
         (was_member, removed)
     }
 
     /// Number of groups with members.
     pub fn group_count(&self) -> u64 {
-        self.group_count.load(Ordering::Relaxed)
+        self.stats.groups()
     }
 
     /// Members of `group`.
@@ -190,8 +196,9 @@ impl Hub {
     /// Queue `frame` for every member of `group` except `from` when echo is
     /// off. One frame, shared by all.
     pub fn fanout(&self, group: &str, frame: &Bytes, from: Option<ConnId>) -> Fanout {
+        let start = Instant::now();
         let Some(g) = lock(self.group_shard(group)).get(group).cloned() else {
-            self.stats.broadcasts.fetch_add(1, Ordering::Relaxed);
+            self.count(&Fanout::default(), start);
             return Fanout::default();
         };
         let skip = if self.config.no_echo { from } else { None };
@@ -204,21 +211,23 @@ impl Hub {
                 }
             }
         }
-        self.count(&out);
+        self.count(&out, start);
         out
     }
 
     /// Queue `frame` for one connection; `None` if it is not connected.
     pub fn send_to(&self, id: ConnId, frame: &Bytes) -> Option<Fanout> {
+        let start = Instant::now();
         let outbox = self.connection(id)?;
         let mut out = Fanout::default();
         self.offer(&outbox, frame, &mut out);
-        self.count(&out);
+        self.count(&out, start);
         Some(out)
     }
 
     /// Queue `frame` for every connection.
     pub fn broadcast(&self, frame: &Bytes) -> Fanout {
+        let start = Instant::now();
         let mut out = Fanout::default();
         for shard in self.conns.iter() {
             let conns = lock(shard);
@@ -226,7 +235,7 @@ impl Hub {
                 self.offer(outbox, frame, &mut out);
             }
         }
-        self.count(&out);
+        self.count(&out, start);
         out
     }
 
@@ -237,6 +246,32 @@ impl Hub {
                 outbox.request_close(code.code());
             }
         }
+    }
+
+    /// Groups sorted by name, after `after` (exclusive), at most `limit`,
+    /// with member counts; also whether more follow. Costs a pass over all
+    /// groups, fine for an operator's listing.
+    pub fn list_groups(&self, after: Option<&str>, limit: usize) -> (Vec<(Arc<str>, usize)>, bool) {
+        let mut all = Vec::new();
+        for shard in self.groups.iter() {
+            let groups: Vec<(Arc<str>, Arc<Group>)> = lock(shard)
+                .iter()
+                .filter(|(name, _)| after.is_none_or(|a| &***name > a))
+                .map(|(n, g)| (n.clone(), g.clone()))
+                .collect();
+            all.extend(groups.into_iter().map(|(n, g)| (n, read(&g.members).len())));
+        }
+        all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let more = all.len() > limit;
+        all.truncate(limit);
+        (all, more)
+    }
+
+    /// Ids of the members of `group`, or `None` if it has none.
+    pub fn group_members(&self, group: &str) -> Option<Vec<ConnId>> {
+        let g = lock(self.group_shard(group)).get(group).cloned()?;
+        let ids: Vec<ConnId> = read(&g.members).keys().copied().collect();
+        (!ids.is_empty()).then_some(ids)
     }
 
     fn offer(&self, outbox: &Outbox, frame: &Bytes, out: &mut Fanout) {
@@ -254,19 +289,9 @@ impl Hub {
         }
     }
 
-    fn count(&self, out: &Fanout) {
-        let s = &self.stats;
-        s.broadcasts.fetch_add(1, Ordering::Relaxed);
-        if out.delivered > 0 {
-            s.deliveries.fetch_add(out.delivered as u64, Ordering::Relaxed);
-        }
-        if out.dropped > 0 {
-            s.dropped.fetch_add(out.dropped as u64, Ordering::Relaxed);
-        }
-        if out.disconnected > 0 {
-            s.slow_consumer_disconnects
-                .fetch_add(out.disconnected as u64, Ordering::Relaxed);
-        }
+    /// Add one publication's outcome and its enqueue time to the counters.
+    fn count(&self, out: &Fanout, start: Instant) {
+        self.stats.record_fanout(out, start.elapsed());
     }
 }
 
@@ -381,7 +406,7 @@ mod tests {
         assert_eq!((a.len(), b.len()), (0, 1));
         assert!(h.send_to(999, &Bytes::new()).is_none());
         assert_eq!(h.send_to(a.id(), &Bytes::new()).unwrap().delivered, 1);
-        h.unregister(a.id());
+        h.unregister(a.id(), CloseReason::Eof);
         assert!(h.connection(a.id()).is_none());
     }
 }

@@ -5,8 +5,12 @@
 //! # Layout
 //!
 //! - [`config`]: the one typed configuration struct and its validation.
+//! - [`client`]: `roomcast client`, a command-line client speaking the
+//!   protocol (for trying and scripting a server).
 //! - [`server`]: accept loop, HTTP/1.1 connections, graceful shutdown.
-//! - [`http`]: routes: `/ws` and `/echo` upgrades, `/stats`, `/healthz`.
+//! - [`api`]: the HTTP server API under `/api` (publish, send, groups).
+//! - [`http`]: routes: `/ws` and `/echo` upgrades, `/stats`, `/healthz`,
+//!   and the routes of [`metrics`].
 //! - [`node`]: the shared handle of a running server (hub, broker, stats).
 //! - [`session`]: one client: the roomcast protocol or echo, heartbeat, cleanup.
 //! - [`conn`]: socket I/O of one connection: stack read buffer, decoder,
@@ -17,14 +21,21 @@
 //! - [`protocol`]: JSON and binary requests, encoding of server frames.
 //! - [`ws`]: our RFC 6455 codec (handshake, frame decoder/encoder, close).
 //! - [`disconnect`]: every reason the server closes a connection, with codes.
-//! - [`stats`]: counters behind `/stats`.
+//! - [`stats`]: counters behind `/stats` (a view of [`metrics`]).
+//! - [`metrics`]: Prometheus metrics at `/metrics` (lock-free recording) and
+//!   the readiness probe `/readyz`.
+//! - [`logging`]: log setup and the per-kind limiter for repeated errors.
 
+pub mod api;
 pub mod broker;
+pub mod client;
 pub mod config;
 pub mod conn;
 pub mod disconnect;
 pub mod http;
 pub mod hub;
+pub mod logging;
+pub mod metrics;
 pub mod node;
 pub mod outbox;
 pub mod protocol;

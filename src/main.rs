@@ -1,10 +1,11 @@
 //! The `roomcast` binary: parses the command line, sets up logging and
-//! signals, and hands over to [`roomcast::server`].
+//! signals, and hands over to the library (`server`, `client`).
 
-use clap::{Parser, Subcommand};
-use roomcast::config::Config;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use roomcast::config::ConfigArgs;
 use roomcast::server::Server;
-use tracing_subscriber::EnvFilter;
 
 /// roomcast: real-time WebSocket messaging with groups.
 #[derive(Parser)]
@@ -17,29 +18,89 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server.
-    Serve(Box<Config>),
+    ///
+    /// Settings come from flags, then ROOMCAST_* environment variables,
+    /// then the --config TOML file, then defaults.
+    Serve(Box<ConfigArgs>),
+    /// Print the effective configuration as TOML (a good starting file).
+    #[command(name = "config")]
+    ShowConfig {
+        #[command(flatten)]
+        args: Box<ConfigArgs>,
+        /// Print the API key instead of a placeholder.
+        #[arg(long)]
+        show_secrets: bool,
+    },
+    /// Connect to a server: print the messages received, publish stdin lines.
+    Client(roomcast::client::ClientArgs),
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+fn main() -> ExitCode {
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    let sub = matches
+        .subcommand()
+        .map(|(_, m)| m)
+        .expect("a subcommand is required");
     match cli.command {
-        Command::Serve(config) => runtime.block_on(async {
-            let server = Server::bind(*config).await?;
-            server.run(shutdown_signal()).await
-        }),
+        Command::Serve(args) => {
+            let config = match args.resolve(sub) {
+                Ok(c) => c,
+                Err(e) => return fail(&e),
+            };
+            roomcast::logging::init(config.log_format, config.log_level.as_deref());
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(r) => r,
+                Err(e) => return fail(&e),
+            };
+            let result = runtime.block_on(async {
+                let server = Server::bind(config).await?;
+                server.run(shutdown_signal()).await
+            });
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e),
+            }
+        }
+        Command::Client(args) => {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(r) => r,
+                Err(e) => return fail(&e),
+            };
+            // Exit at once: a pending stdin read blocks a thread that
+            // dropping the runtime would wait for.
+            std::process::exit(runtime.block_on(roomcast::client::run_stdio(args)))
+        }
+        Command::ShowConfig { args, show_secrets } => match args.resolve(sub) {
+            Ok(config) => {
+                print!("{}", config.to_toml(show_secrets));
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e),
+        },
     }
+}
+
+fn fail(e: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("roomcast: {e}");
+    ExitCode::from(2)
 }
 
 /// Completes on SIGINT or SIGTERM.
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

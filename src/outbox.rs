@@ -35,6 +35,9 @@ pub struct Outbox {
     /// The connection's id.
     id: ConnId,
     queue: SegQueue<Bytes>,
+    /// Ping and Pong frames: written before anything waiting in `queue`, so
+    /// a heartbeat is not stuck behind a backlog of publications.
+    control: SegQueue<Bytes>,
     /// Frames queued or popped but not yet written.
     len: AtomicUsize,
     /// Bytes of those frames.
@@ -46,6 +49,8 @@ pub struct Outbox {
     /// Close code requested by someone other than the connection's task
     /// (slow consumer, shutdown, API); 0 while none.
     close_request: AtomicU16,
+    /// Reason text to send with a requested close (set by the HTTP API).
+    close_reason: std::sync::OnceLock<Box<str>>,
     /// Wakes the connection's task when a frame or a close request arrives.
     waker: AtomicWaker,
 }
@@ -56,11 +61,13 @@ impl Outbox {
         Self {
             id,
             queue: SegQueue::new(),
+            control: SegQueue::new(),
             len: AtomicUsize::new(0),
             bytes: AtomicUsize::new(0),
             max_len,
             max_bytes,
             close_request: AtomicU16::new(0),
+            close_reason: std::sync::OnceLock::new(),
             waker: AtomicWaker::new(),
         }
     }
@@ -104,6 +111,15 @@ impl Outbox {
         self.waker.wake();
     }
 
+    /// Queue a Ping or Pong ahead of the waiting frames (after the frame
+    /// being written, if any). Counted like a reply.
+    pub fn push_control(&self, frame: Bytes) {
+        self.len.fetch_add(1, Ordering::AcqRel);
+        self.bytes.fetch_add(frame.len(), Ordering::AcqRel);
+        self.control.push(frame);
+        self.waker.wake();
+    }
+
     /// Ask the connection to close with `code`. Returns true for the first
     /// request only, so the caller can count it once.
     pub fn request_close(&self, code: u16) -> bool {
@@ -115,6 +131,17 @@ impl Outbox {
             self.waker.wake();
         }
         first
+    }
+
+    /// Like [`Outbox::request_close`], with a reason text for the Close frame.
+    pub fn request_close_with_reason(&self, code: u16, reason: &str) -> bool {
+        let _ = self.close_reason.set(reason.into());
+        self.request_close(code)
+    }
+
+    /// The reason given with the close request, if any.
+    pub fn close_reason(&self) -> Option<&str> {
+        self.close_reason.get().map(|r| &**r)
     }
 
     /// The pending close request, if any.
@@ -140,10 +167,11 @@ impl Outbox {
         self.bytes.load(Ordering::Acquire)
     }
 
-    /// Whether replies pushed the queue past a limit (fan-out alone never
-    /// does); the connection pauses reading from its client then.
+    /// Whether replies pushed the queue to twice a limit (fan-out alone
+    /// stops at the limit, leaving the same again for replies); the
+    /// connection pauses reading from its client then.
     pub fn is_over_limit(&self) -> bool {
-        self.len() > self.max_len || self.bytes() > self.max_bytes
+        self.len() > 2 * self.max_len || self.bytes() > 2 * self.max_bytes
     }
 
     // ---- consumer side: only the connection's own task calls these ----
@@ -158,7 +186,7 @@ impl Outbox {
     pub fn pop_batch(&self, batch: &mut impl Extend<Bytes>, max_frames: usize, max_bytes: usize) {
         let (mut frames, mut bytes) = (0, 0);
         while frames < max_frames && bytes < max_bytes {
-            match self.queue.pop() {
+            match self.control.pop().or_else(|| self.queue.pop()) {
                 Some(f) => {
                     frames += 1;
                     bytes += f.len();
@@ -178,7 +206,7 @@ impl Outbox {
     /// Drop everything queued (a slow consumer being disconnected).
     pub fn discard(&self) {
         let (mut frames, mut bytes) = (0, 0);
-        while let Some(f) = self.queue.pop() {
+        while let Some(f) = self.control.pop().or_else(|| self.queue.pop()) {
             frames += 1;
             bytes += f.len();
         }

@@ -130,8 +130,8 @@ pub struct TextRequest<'a> {
 /// `type`, checked after parsing so errors can name the field and echo `id`.
 #[derive(Deserialize)]
 struct Envelope<'a> {
-    #[serde(rename = "type", borrow)]
-    kind: Option<Cow<'a, str>>,
+    #[serde(rename = "type", default, borrow, deserialize_with = "present")]
+    kind: Option<&'a RawValue>,
     #[serde(default, borrow, deserialize_with = "present")]
     id: Option<&'a RawValue>,
     #[serde(default, borrow, deserialize_with = "present")]
@@ -195,6 +195,18 @@ fn group_field<'a>(
 
 /// Decode a JSON request from a text message.
 pub fn parse_text(text: &str) -> Result<TextRequest<'_>, RequestError<'_>> {
+    // Serde would also accept an array as a struct; the protocol wants objects.
+    if !text.trim_start().starts_with('{') {
+        return Err(RequestError::new(
+            None,
+            ErrorCode::BadRequest,
+            if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() {
+                "request must be a JSON object with a string 'type'"
+            } else {
+                "invalid JSON"
+            },
+        ));
+    }
     let env: Envelope<'_> = serde_json::from_str(text).map_err(|e| {
         let what = if e.is_data() {
             "request must be a JSON object with a string 'type'"
@@ -221,13 +233,7 @@ pub fn parse_text(text: &str) -> Result<TextRequest<'_>, RequestError<'_>> {
         }
         None => None,
     };
-    let Some(kind) = env.kind else {
-        return Err(RequestError::new(
-            id,
-            ErrorCode::BadRequest,
-            "missing field 'type'",
-        ));
-    };
+    let kind = string_field(id, env.kind, "type")?;
     let data = |field| {
         env.data
             .map(RawValue::get)
@@ -464,7 +470,7 @@ mod tests {
                 None,
                 "'id' must be a number or a string",
             ),
-            (r#"{"type":7}"#, None, "must be a JSON object"),
+            (r#"{"type":7,"id":8}"#, Some("8"), "field 'type' must be a string"),
         ];
         for (text, id, msg) in cases {
             let e = parse_text(text).unwrap_err();

@@ -90,35 +90,43 @@ impl Server {
 
 async fn accept_loop(listener: TcpListener, node: Arc<Node>) {
     let router = crate::http::router(node.clone());
-    let mut last_error_log: Option<tokio::time::Instant> = None;
     loop {
         let accepted = tokio::select! {
             _ = node.shutdown.cancelled() => return,
             r = listener.accept() => r,
         };
         match accepted {
-            Ok((stream, _peer)) => {
+            Ok((stream, peer)) => {
+                if node.config.socket_send_buffer > 0 {
+                    let _ =
+                        socket2::SockRef::from(&stream).set_send_buffer_size(node.config.socket_send_buffer);
+                }
                 let router = router.clone();
                 let token = node.shutdown.clone();
-                node.tracker.spawn(serve_http(stream, router, token));
+                node.tracker.spawn(serve_http(stream, peer, router, token));
             }
             Err(e) => {
-                // Usually out of file descriptors: log at most once a second,
-                // back off a little so the loop does not spin.
-                let now = tokio::time::Instant::now();
-                if last_error_log.is_none_or(|t| now - t > Duration::from_secs(1)) {
-                    warn!(error = %e, "accept failed");
-                    last_error_log = Some(now);
-                }
+                // Usually out of file descriptors: back off a little so the
+                // loop does not spin, and do not flood the log.
+                crate::warn_limited!(crate::logging::LogKind::AcceptError, error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
     }
 }
 
-async fn serve_http(stream: TcpStream, router: axum::Router, token: tokio_util::sync::CancellationToken) {
+async fn serve_http(
+    stream: TcpStream,
+    peer: SocketAddr,
+    router: axum::Router,
+    token: tokio_util::sync::CancellationToken,
+) {
     let _ = stream.set_nodelay(true);
-    let service = hyper::service::service_fn(move |req| router.clone().oneshot(req));
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        // The API's loopback rule needs the peer address.
+        req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+        router.clone().oneshot(req)
+    });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)

@@ -2,7 +2,6 @@
 //! [`Conn`], the heartbeat, and cleanup when the connection ends.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,6 +14,7 @@ use crate::broker::{BrokerError, Payload, Publication, Target};
 use crate::conn::{Conn, ConnError, Incoming};
 use crate::disconnect::Disconnect;
 use crate::hub::Hub;
+use crate::metrics::{CloseReason, Protocol, Source};
 use crate::node::Node;
 use crate::outbox::Outbox;
 use crate::protocol::{self, Data, ErrorCode, Request, RequestError};
@@ -59,6 +59,7 @@ where
             hub: node.hub.clone(),
             outbox,
             groups: Vec::new(),
+            reason: CloseReason::Aborted,
         },
         mode,
         next_ping: None,
@@ -103,9 +104,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         loop {
             let incoming = match self.conn.next().await {
                 Ok(i) => i,
-                Err(ConnError::Protocol(e)) => return self.close(Disconnect::Protocol(e)).await,
+                Err(ConnError::Protocol(e)) => {
+                    crate::warn_limited!(
+                        crate::logging::LogKind::ProtocolViolation,
+                        conn = self.outbox.id(),
+                        error = %e,
+                        "client broke the protocol; closing with {}",
+                        e.close_code()
+                    );
+                    return self.close(Disconnect::Protocol(e)).await;
+                }
                 Err(ConnError::Io(e)) => {
-                    debug!(conn = self.outbox.id(), error = %e, "socket error");
+                    self.membership.reason = CloseReason::SocketError;
+                    crate::warn_limited!(
+                        crate::logging::LogKind::SocketError,
+                        conn = self.outbox.id(),
+                        error = %e,
+                        "socket error"
+                    );
                     return None;
                 }
             };
@@ -115,18 +131,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     return self.close(Disconnect::ClientClosed(frame.code)).await;
                 }
                 Incoming::Event(Event::Ping(payload)) => {
-                    self.outbox.push_reply(frame::encode(OP_PONG, &payload));
+                    self.outbox.push_control(frame::encode(OP_PONG, &payload));
                 }
                 Incoming::Event(Event::Pong(_)) => {}
                 Incoming::Event(Event::Text(text)) => {
-                    self.node.stats.messages_in.fetch_add(1, Relaxed);
+                    self.node
+                        .stats
+                        .record_message_in(Source::Ws, Protocol::Json, text.len());
                     match self.mode {
                         Mode::Echo => self.echo(OP_TEXT, text),
                         Mode::Protocol => self.on_text(text).await,
                     }
                 }
                 Incoming::Event(Event::Binary(bin)) => {
-                    self.node.stats.messages_in.fetch_add(1, Relaxed);
+                    self.node
+                        .stats
+                        .record_message_in(Source::Ws, Protocol::Binary, bin.len());
                     match self.mode {
                         Mode::Echo => self.echo(OP_BINARY, bin),
                         Mode::Protocol => self.on_binary(bin).await,
@@ -138,20 +158,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                         return self.close(reason).await;
                     }
                 }
-                Incoming::Eof => return None,
+                Incoming::Eof => {
+                    self.membership.reason = CloseReason::Eof;
+                    return None;
+                }
             }
         }
     }
 
     /// Close from our side with `reason`, and wait (bounded) for the client.
     async fn close(&mut self, reason: Disconnect) -> Option<Disconnect> {
+        self.membership.reason = reason.into();
         // Refuse further fan-out first, so nothing lands behind the Close.
         self.outbox.request_close(reason.code());
         if !reason.flushes_queue() {
             self.outbox.discard();
         }
-        self.outbox
-            .push_reply(close::encode_close(reason.code(), reason.reason()));
+        let text = match reason {
+            Disconnect::Other(_) => self.outbox.close_reason().unwrap_or(""),
+            _ => reason.reason(),
+        };
+        self.outbox.push_reply(close::encode_close(reason.code(), text));
         let wait = match reason {
             Disconnect::Shutdown => self.node.config.drain_timeout,
             _ => CLOSE_WAIT,
@@ -171,7 +198,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if let (Some(due), Some(every)) = (self.next_ping, self.node.config.ping())
             && now >= due
         {
-            self.outbox.push_reply(Bytes::from_static(&PING));
+            self.outbox.push_control(Bytes::from_static(&PING));
             self.next_ping = Some(now + every);
         }
         self.arm_timer();
@@ -195,6 +222,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     fn reply_error(&self, e: &RequestError<'_>) {
+        self.node.stats.record_error_sent(e.code);
         self.outbox.push_reply(protocol::error(e));
     }
 
@@ -348,6 +376,9 @@ struct Membership {
     outbox: Arc<Outbox>,
     /// Groups this connection is in (names shared with the hub).
     groups: Vec<Arc<str>>,
+    /// Why the session ended, counted when it is unregistered; stays
+    /// `Aborted` if the session task is dropped before it ends.
+    reason: CloseReason,
 }
 
 impl Drop for Membership {
@@ -355,6 +386,6 @@ impl Drop for Membership {
         for name in self.groups.drain(..) {
             self.hub.leave(&name, self.outbox.id());
         }
-        self.hub.unregister(self.outbox.id());
+        self.hub.unregister(self.outbox.id(), self.reason);
     }
 }

@@ -345,12 +345,15 @@ async fn a_reading_client_under_drop_policy_is_not_timed_out() {
     let server = start(Config {
         queue_messages: 8,
         slow_consumer: SlowConsumerPolicy::Drop,
-        ping_interval: Duration::from_millis(200),
-        idle_timeout: Duration::from_millis(800),
+        ping_interval: Duration::from_millis(500),
+        idle_timeout: Duration::from_secs(3),
         ..config()
     })
     .await;
-    let (mut reader, _) = connect(&server).await;
+    // A small receive buffer keeps the kernel's share of the backlog small,
+    // as it would be for a reader on a slow link; the server's pings then
+    // reach the reader (ahead of queued publications) and its pongs count.
+    let (mut reader, _) = connect_small_rcvbuf(&server).await;
     request(&mut reader, json!({"type":"join","group":"g","id":1})).await;
     let (mut publisher, _) = connect(&server).await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -362,8 +365,11 @@ async fn a_reading_client_under_drop_policy_is_not_timed_out() {
             tokio::task::yield_now().await;
         }
     });
-    // Read slowly for 2.5 s (several idle timeouts), always behind.
-    let until = tokio::time::Instant::now() + Duration::from_millis(2500);
+    // Read slowly for 4 s (more than the idle timeout), always behind. The
+    // signs of life are pongs and the socket taking bytes again after it was
+    // full; both lag behind what the kernel buffers, hence the idle timeout
+    // of seconds (60 s by default).
+    let until = tokio::time::Instant::now() + Duration::from_secs(4);
     let mut got = 0;
     while tokio::time::Instant::now() < until {
         match recv(&mut reader).await {
@@ -389,5 +395,31 @@ async fn a_reading_client_under_drop_policy_is_not_timed_out() {
             other => panic!("connection ended: {other:?}"),
         }
     }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_neither_sends_nor_reads_times_out_despite_pings() {
+    let server = start(Config {
+        ping_interval: Duration::from_millis(100),
+        idle_timeout: Duration::from_millis(500),
+        ..config()
+    })
+    .await;
+    // The raw client never answers pings; the server's pings go into the
+    // socket without blocking, which must not count as a sign of life.
+    let mut raw = RawClient::connect(server.addr, "/ws").await;
+    server.wait_stats("timed out", |s| s.connections == 0).await;
+    let mut pings = 0;
+    let mut close = None;
+    while let Some(f) = raw.frame().await {
+        match f.opcode {
+            9 => pings += 1,
+            8 => close = Some(u16::from_be_bytes([f.payload[0], f.payload[1]])),
+            _ => {}
+        }
+    }
+    assert!(pings >= 2, "{pings} pings");
+    assert_eq!(close, Some(4002));
     server.stop().await;
 }

@@ -1,0 +1,847 @@
+//! `roomcast client`: a command-line client for trying and scripting a
+//! roomcast server, like `websocat` but speaking the roomcast protocol
+//! (`docs/protocol.md`).
+//!
+//! ```text
+//! roomcast client ws://127.0.0.1:8080/ws --join lobby
+//! ```
+//!
+//! connects, reads the `welcome`, joins `lobby` (waiting for the `ack`),
+//! prints every message received as one JSON object per line on stdout and
+//! publishes every line typed on stdin to `lobby`.
+//!
+//! The whole client is [`run`], generic over its stdin, stdout and stderr so
+//! that tests drive it in-process; the binary calls [`run_stdio`], which
+//! passes the process's streams and turns a [`ClientError`] into an exit
+//! code with [`ClientError::exit_code`].
+//!
+//! Internally one task writes to the socket (fed by a channel) while the
+//! main loop reads the socket and stdin, so a server that stops reading
+//! from us (backpressure) can never block our reading of its replies. At
+//! most [`WINDOW`] requests are unanswered at any time: stdin is not read
+//! while the window is full.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use futures_util::SinkExt;
+use futures_util::stream::{SplitStream, StreamExt};
+use serde_json::Value;
+use serde_json::value::RawValue;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// At most this many requests (joins, publishes, checkpoints) may be
+/// waiting for their reply; stdin is not read while the window is full.
+pub const WINDOW: usize = 256;
+
+/// How long to wait for the server's reply to our Close frame.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// Exit status: normal end.
+pub const EXIT_OK: i32 = 0;
+/// Exit status: the server rejected a request, a stdin line could not be
+/// published, or the arguments are invalid.
+pub const EXIT_PROTOCOL: i32 = 1;
+/// Exit status: the server could not be reached.
+pub const EXIT_UNREACHABLE: i32 = 2;
+/// Exit status: the server closed the connection, or it was lost.
+pub const EXIT_CLOSED: i32 = 3;
+
+const AFTER_HELP: &str = "\
+Output (stdout):
+  One line per message received: the server's `message` frame as compact
+  JSON, e.g. {\"type\":\"message\",\"group\":\"lobby\",\"from\":\"3\",\"data\":\"hi\"}.
+  A binary delivery (type 4) is printed as
+  {\"type\":\"message\",\"group\":\"lobby\",\"binary\":\"<base64 of the message bytes>\"}.
+  With --json every frame received is printed the same way, one per line:
+  welcome, ack, pong, error and message frames (the client sends a `ping`
+  with an id after each binary publish, so its `pong` shows up too).
+  The server echoes your own publications to you while you are in the
+  group (unless it runs with --no-echo): they are printed and counted.
+
+Input (stdin):
+  Each line is published to the first --join group. A line that is valid
+  JSON is sent as that JSON value (42 is a number, \"42\" a string, {\"a\":1}
+  an object); any other line is sent as a JSON string. Empty lines are
+  skipped. With --send-binary the line's bytes (without the newline) are
+  sent as a binary publish (type 3) instead. Without --join, lines are not
+  published: each one gets an error on stderr.
+
+End of input:
+  When stdin ends, the client first waits for the server's replies to
+  everything it sent. Then, if it is in a group or --count is given, it
+  keeps printing messages until --count is reached or the server closes
+  the connection (stop it with Ctrl-C). Otherwise there is nothing left to
+  wait for: it closes the connection (code 1000) and exits 0.
+  To publish and exit: `echo hi | roomcast client URL --join lobby --count 1`
+  (waits for the echo of your own message).
+
+Exit status:
+  0  normal end: --count reached, or stdin ended with nothing left to wait for
+  1  the server answered a join or publish with an error frame, a stdin
+     line could not be published, or the arguments are invalid
+  2  cannot connect: server unreachable, upgrade refused, or no welcome
+     within --connect-timeout
+  3  the server closed the connection (close code and reason on stderr),
+     or the connection was lost";
+
+/// Options of `roomcast client`.
+#[derive(Debug, Clone, clap::Args)]
+#[command(after_help = AFTER_HELP)]
+pub struct ClientArgs {
+    /// WebSocket URL of the server's roomcast endpoint, e.g.
+    /// ws://127.0.0.1:8080/ws.
+    #[arg(value_name = "URL")]
+    pub url: String,
+
+    /// Join GROUP after connecting; repeat to join several. Lines from
+    /// stdin are published to the first one.
+    #[arg(long = "join", value_name = "GROUP")]
+    pub join: Vec<String>,
+
+    /// Publish stdin lines as binary (type 3) publishes: the line's bytes
+    /// without the newline.
+    #[arg(long)]
+    pub send_binary: bool,
+
+    /// Exit 0 after printing N messages.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
+
+    /// Print every frame received (welcome, ack, pong, error, message), not
+    /// only messages.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Give up when the connection and the server's welcome take longer
+    /// than DUR (exit 2).
+    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+}
+
+impl ClientArgs {
+    /// Arguments for `url` with every option at its default.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            join: Vec::new(),
+            send_binary: false,
+            count: None,
+            json: false,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 10s, 500ms, 1m)"))
+}
+
+/// How a client session ended normally (exit status 0).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientExit {
+    /// Our connection id, from the `welcome`.
+    pub conn: String,
+    /// Messages printed (the number `--count` compares with).
+    pub messages: u64,
+    /// Stdin lines published and acknowledged by the server.
+    pub published: u64,
+}
+
+/// Why the client stopped with a non-zero exit status. The `Display` text
+/// is the message for stderr (the binary prefixes `roomcast client: `).
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Invalid arguments (exit 1).
+    #[error("{0}")]
+    Usage(String),
+    /// The server answered one of our requests with an `error` frame (exit 1).
+    #[error("the server rejected {request}: {code}: {message}")]
+    Rejected {
+        /// What we asked for, e.g. `join of group 'lobby'`.
+        request: String,
+        /// The error frame's `code`.
+        code: String,
+        /// The error frame's `message`.
+        message: String,
+    },
+    /// The server broke the protocol, e.g. no `welcome` first (exit 1).
+    #[error("unexpected reply from the server: {0}")]
+    Protocol(String),
+    /// Some stdin lines could not be published (each one was reported on
+    /// stderr as it was read) (exit 1).
+    #[error("{0} line(s) from stdin were not published")]
+    NotPublished(u64),
+    /// Reading stdin or writing stdout failed (exit 1).
+    #[error("{0}")]
+    Io(String),
+    /// The server could not be reached or refused the WebSocket upgrade
+    /// (exit 2).
+    #[error("cannot connect to {url}: {reason}")]
+    Connect {
+        /// The URL given.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The server closed the connection with a Close frame (exit 3).
+    #[error("the server closed the connection: {code}{}", if reason.is_empty() { String::new() } else { format!(" ({reason})") })]
+    Closed {
+        /// Close code (1005 when the Close frame had none).
+        code: u16,
+        /// Close reason, possibly empty.
+        reason: String,
+    },
+    /// The connection ended without a Close frame (exit 3).
+    #[error("connection lost: {0}")]
+    Lost(String),
+}
+
+impl ClientError {
+    /// The process exit status for this error: 1 protocol or usage, 2
+    /// unreachable, 3 closed by the server.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Self::Usage(_)
+            | Self::Rejected { .. }
+            | Self::Protocol(_)
+            | Self::NotPublished(_)
+            | Self::Io(_) => EXIT_PROTOCOL,
+            Self::Connect { .. } => EXIT_UNREACHABLE,
+            Self::Closed { .. } | Self::Lost(_) => EXIT_CLOSED,
+        }
+    }
+}
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Run the client: connect to `args.url`, join the groups, publish the
+/// lines of `stdin`, print what arrives on `stdout`, and report non-fatal
+/// problems (lines that cannot be published) on `stderr`.
+///
+/// Returns when `--count` is reached, when stdin has ended and there is
+/// nothing left to wait for (see the `--help` text), or with an error when
+/// the server rejects a request, cannot be reached or closes the
+/// connection.
+pub async fn run<I, O, E>(args: ClientArgs, stdin: I, stdout: O, stderr: E) -> Result<ClientExit, ClientError>
+where
+    I: AsyncBufRead + Unpin,
+    O: AsyncWrite + Unpin,
+    E: AsyncWrite + Unpin,
+{
+    validate(&args)?;
+    let (ws, conn, welcome) = connect(&args).await?;
+    let (sink, stream) = ws.split();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
+    // The writer: sends what the main loop queues, in order, and stops
+    // after a Close frame or the first error (the reading side sees it).
+    let writer = AbortOnDrop(tokio::spawn(async move {
+        let mut sink = sink;
+        while let Some(m) = rx.recv().await {
+            let close = m.is_close();
+            if sink.send(m).await.is_err() || close {
+                break;
+            }
+        }
+    }));
+    let mut client = Client {
+        args,
+        stream,
+        tx,
+        out: stdout,
+        err: stderr,
+        conn,
+        next_id: 1,
+        pending: BTreeMap::new(),
+        messages: 0,
+        published: 0,
+        not_published: 0,
+        lines: 0,
+    };
+    let result = client.session(welcome, stdin).await;
+    drop(client.tx);
+    let _ = tokio::time::timeout(CLOSE_WAIT, writer.wait()).await;
+    let _ = client.out.flush().await;
+    let _ = client.err.flush().await;
+    match result {
+        Ok(()) if client.not_published > 0 => Err(ClientError::NotPublished(client.not_published)),
+        Ok(()) => Ok(ClientExit {
+            conn: client.conn,
+            messages: client.messages,
+            published: client.published,
+        }),
+        Err(e) => Err(e),
+    }
+}
+
+/// [`run`] on the process's stdin, stdout and stderr, for the binary:
+/// prints a failure on stderr as `roomcast client: <error>` and returns the
+/// exit status (0, or [`ClientError::exit_code`]).
+///
+/// The caller should exit the process with it right away
+/// (`std::process::exit`): tokio reads stdin on a blocking thread that
+/// cannot be interrupted, so dropping the runtime would wait for the next
+/// line typed.
+pub async fn run_stdio(args: ClientArgs) -> i32 {
+    let stdin = tokio::io::BufReader::new(tokio::io::stdin());
+    match run(args, stdin, tokio::io::stdout(), tokio::io::stderr()).await {
+        Ok(_) => EXIT_OK,
+        Err(e) => {
+            eprintln!("roomcast client: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+/// Aborts the writer task if [`run`] returns early.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl AbortOnDrop {
+    async fn wait(mut self) {
+        let _ = (&mut self.0).await;
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn validate(args: &ClientArgs) -> Result<(), ClientError> {
+    let url = args.url.trim();
+    if url.starts_with("wss://") {
+        return Err(ClientError::Usage(format!(
+            "invalid URL '{url}': wss:// (TLS) is not supported by this client; use ws://"
+        )));
+    }
+    if !url.starts_with("ws://") {
+        return Err(ClientError::Usage(format!(
+            "invalid URL '{url}': expected ws://HOST:PORT/PATH, e.g. ws://127.0.0.1:8080/ws"
+        )));
+    }
+    match args.join.first() {
+        Some(group) if args.send_binary && group.len() > usize::from(u8::MAX) => Err(ClientError::Usage(
+            format!("--send-binary: group name '{group}' is longer than 255 bytes"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Connect and read the welcome, all within `--connect-timeout`; returns
+/// the socket, our connection id and the welcome frame as received.
+async fn connect(args: &ClientArgs) -> Result<(Ws, String, String), ClientError> {
+    let url = args.url.trim();
+    let deadline = Instant::now() + args.connect_timeout;
+    let timeout = humantime::format_duration(args.connect_timeout);
+    let unreachable = |reason: String| ClientError::Connect {
+        url: url.to_owned(),
+        reason,
+    };
+    let (mut ws, _) = match tokio::time::timeout_at(deadline, tokio_tungstenite::connect_async(url)).await {
+        Err(_) => return Err(unreachable(format!("timed out after {timeout}"))),
+        Ok(Err(e)) => return Err(connect_error(url, e)),
+        Ok(Ok(x)) => x,
+    };
+    let first = loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Err(_) => {
+                return Err(unreachable(format!(
+                    "no welcome from the server within {timeout} (is this a roomcast /ws endpoint?)"
+                )));
+            }
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)))) => continue,
+            Ok(other) => break other,
+        }
+    };
+    let text = match first {
+        Some(Ok(Message::Text(t))) => t,
+        Some(Ok(Message::Binary(_))) => {
+            return Err(ClientError::Protocol(
+                "expected a welcome frame first, got a binary frame (is this a roomcast /ws endpoint?)"
+                    .into(),
+            ));
+        }
+        other => return Err(end_error(other)),
+    };
+    match serde_json::from_str::<Value>(&text) {
+        Ok(v) if v["type"] == "welcome" => {
+            let conn = v["conn"].as_str().unwrap_or_default().to_owned();
+            Ok((ws, conn, one_line(&text)))
+        }
+        _ => Err(ClientError::Protocol(format!(
+            "expected a welcome frame first, got {}",
+            one_line(&text)
+        ))),
+    }
+}
+
+/// Map a failed WebSocket connect to exit 1 (bad URL) or 2 (unreachable).
+fn connect_error(url: &str, e: tungstenite::Error) -> ClientError {
+    let reason = match e {
+        tungstenite::Error::Url(u) => return ClientError::Usage(format!("invalid URL '{url}': {u}")),
+        tungstenite::Error::Io(io) => io.to_string(),
+        tungstenite::Error::Http(resp) => {
+            let status = resp.status();
+            let body = resp.body().as_deref().unwrap_or_default();
+            // Our refusals carry {"error":{"code":..,"message":..}}.
+            let detail = serde_json::from_slice::<Value>(body)
+                .ok()
+                .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| {
+                    one_line(&String::from_utf8_lossy(body))
+                        .chars()
+                        .take(200)
+                        .collect()
+                });
+            let mut reason = format!("the server refused the WebSocket upgrade: HTTP {status}");
+            if !detail.is_empty() {
+                reason.push_str(": ");
+                reason.push_str(&detail);
+            }
+            if status == http::StatusCode::NOT_FOUND {
+                reason.push_str(" (the roomcast endpoint is /ws)");
+            }
+            reason
+        }
+        other => other.to_string(),
+    };
+    ClientError::Connect {
+        url: url.to_owned(),
+        reason,
+    }
+}
+
+/// The error for a stream that yielded a Close frame, ended, or failed.
+fn end_error(m: Option<Result<Message, tungstenite::Error>>) -> ClientError {
+    match m {
+        Some(Ok(Message::Close(Some(frame)))) => ClientError::Closed {
+            code: frame.code.into(),
+            reason: frame.reason.to_string(),
+        },
+        Some(Ok(Message::Close(None))) => ClientError::Closed {
+            code: 1005,
+            reason: "no close code".into(),
+        },
+        Some(Err(tungstenite::Error::Protocol(
+            tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+        )))
+        | None => ClientError::Lost("closed without a close frame (1006)".into()),
+        Some(Err(e)) => ClientError::Lost(e.to_string()),
+        Some(Ok(m)) => ClientError::Protocol(format!("unexpected frame {m:?}")),
+    }
+}
+
+/// Collapse a JSON text onto one line. Raw newlines can only be whitespace
+/// between JSON tokens (inside strings they must be escaped), so replacing
+/// them keeps the JSON valid and equal.
+fn one_line(text: &str) -> String {
+    if text.contains(['\n', '\r']) {
+        text.replace(['\n', '\r'], " ")
+    } else {
+        text.to_owned()
+    }
+}
+
+/// What a request waiting for its reply was.
+#[derive(Debug)]
+enum Pending {
+    Join(String),
+    /// A JSON publish of stdin line `n`.
+    Publish(u64),
+    /// The `ping` sent after the binary publish of stdin line `n`.
+    Checkpoint(u64),
+}
+
+impl Pending {
+    fn describe(&self, group: Option<&str>) -> String {
+        let group = group.unwrap_or_default();
+        match self {
+            Pending::Join(g) => format!("the join of group '{g}'"),
+            Pending::Publish(n) => format!("the publish of stdin line {n} to group '{group}'"),
+            Pending::Checkpoint(n) => format!("the binary publish of stdin line {n} to group '{group}'"),
+        }
+    }
+}
+
+/// Whether the session goes on.
+enum Flow {
+    Continue,
+    Done,
+}
+
+struct Client<O, E> {
+    args: ClientArgs,
+    stream: SplitStream<Ws>,
+    tx: mpsc::UnboundedSender<Message>,
+    out: O,
+    err: E,
+    conn: String,
+    next_id: u64,
+    /// Requests waiting for their reply, by id (ids increase, so the first
+    /// entry is the oldest).
+    pending: BTreeMap<u64, Pending>,
+    messages: u64,
+    published: u64,
+    not_published: u64,
+    /// Stdin lines read so far (for messages).
+    lines: u64,
+}
+
+impl<O: AsyncWrite + Unpin, E: AsyncWrite + Unpin> Client<O, E> {
+    async fn session(
+        &mut self,
+        welcome: String,
+        mut stdin: impl AsyncBufRead + Unpin,
+    ) -> Result<(), ClientError> {
+        if self.args.json && matches!(self.print(&welcome).await?, Flow::Done) {
+            return self.close().await;
+        }
+        // Join every group, then wait for all the acks.
+        for group in self.args.join.clone() {
+            let id = self.request(Pending::Join(group.clone()));
+            self.send_text(format!(
+                r#"{{"type":"join","group":{},"id":{id}}}"#,
+                Value::from(group.as_str())
+            ));
+        }
+        while !self.pending.is_empty() {
+            let m = self.stream.next().await;
+            if matches!(self.received(m).await?, Flow::Done) {
+                return self.close().await;
+            }
+        }
+        let waits_for_messages = !self.args.join.is_empty() || self.args.count.is_some();
+        let mut line = Vec::new();
+        let mut stdin_open = true;
+        loop {
+            if !stdin_open && self.pending.is_empty() && !waits_for_messages {
+                return self.close().await;
+            }
+            let flow = tokio::select! {
+                r = stdin.read_until(b'\n', &mut line), if stdin_open && self.pending.len() < WINDOW => {
+                    let n = r.map_err(|e| ClientError::Io(format!("reading stdin: {e}")))?;
+                    if n == 0 {
+                        stdin_open = false;
+                    }
+                    if !line.is_empty() {
+                        self.line(&line).await;
+                        line.clear();
+                    }
+                    Flow::Continue
+                }
+                m = self.stream.next() => self.received(m).await?,
+            };
+            if matches!(flow, Flow::Done) {
+                return self.close().await;
+            }
+        }
+    }
+
+    /// Register a request; returns its id.
+    fn request(&mut self, what: Pending) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.pending.insert(id, what);
+        id
+    }
+
+    fn send_text(&self, text: String) {
+        // A send error means the writer stopped: the reading side reports
+        // why.
+        let _ = self.tx.send(Message::text(text));
+    }
+
+    /// Publish one stdin line (newline included, if any).
+    async fn line(&mut self, raw: &[u8]) {
+        self.lines += 1;
+        let n = self.lines;
+        let mut bytes = raw.strip_suffix(b"\n").unwrap_or(raw);
+        bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+        if bytes.is_empty() {
+            return;
+        }
+        let Some(group) = self.args.join.first().cloned() else {
+            self.not_published += 1;
+            self.warn(&format!(
+                "stdin line {n} not published: no group joined (use --join GROUP)"
+            ))
+            .await;
+            return;
+        };
+        if self.args.send_binary {
+            let mut frame = Vec::with_capacity(5 + group.len() + bytes.len());
+            frame.extend_from_slice(&3u32.to_le_bytes());
+            // validate() checked that the first group fits in one byte.
+            frame.push(group.len() as u8);
+            frame.extend_from_slice(group.as_bytes());
+            frame.extend_from_slice(bytes);
+            let _ = self.tx.send(Message::binary(frame));
+            // Binary requests have no id: a ping behind each one tells us
+            // it was handled (and which line an id-less error is about).
+            let id = self.request(Pending::Checkpoint(n));
+            self.send_text(format!(r#"{{"type":"ping","id":{id}}}"#));
+            return;
+        }
+        let Ok(text) = std::str::from_utf8(bytes) else {
+            self.not_published += 1;
+            self.warn(&format!(
+                "stdin line {n} not published: not valid UTF-8 (use --send-binary to send bytes)"
+            ))
+            .await;
+            return;
+        };
+        // Valid JSON goes as is (the server copies `data` verbatim);
+        // anything else as a JSON string.
+        let data = match serde_json::from_str::<&RawValue>(text) {
+            Ok(raw) => raw.get().to_owned(),
+            Err(_) => Value::from(text).to_string(),
+        };
+        let id = self.request(Pending::Publish(n));
+        self.send_text(format!(
+            r#"{{"type":"publish","group":{},"data":{data},"id":{id}}}"#,
+            Value::from(group.as_str())
+        ));
+    }
+
+    /// Handle what the socket produced.
+    async fn received(
+        &mut self,
+        m: Option<Result<Message, tungstenite::Error>>,
+    ) -> Result<Flow, ClientError> {
+        match m {
+            Some(Ok(Message::Text(t))) => self.text(&t).await,
+            Some(Ok(Message::Binary(b))) => self.binary(&b).await,
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Ok(Flow::Continue),
+            other => Err(end_error(other)),
+        }
+    }
+
+    async fn text(&mut self, text: &str) -> Result<Flow, ClientError> {
+        let Ok(v) = serde_json::from_str::<Value>(text) else {
+            if self.args.json {
+                return self.print(&one_line(text)).await;
+            }
+            return Ok(Flow::Continue);
+        };
+        let kind = v["type"].as_str().unwrap_or_default();
+        if (self.args.json || kind == "message") && matches!(self.print(&one_line(text)).await?, Flow::Done) {
+            return Ok(Flow::Done);
+        }
+        match kind {
+            "message" => return Ok(self.counted()),
+            "ack" | "pong" => {
+                if let Some(done) = v["id"].as_u64().and_then(|id| self.pending.remove(&id)) {
+                    if matches!(done, Pending::Publish(_) | Pending::Checkpoint(_)) {
+                        self.published += 1;
+                    }
+                }
+            }
+            "error" => {
+                // An error without id answers a binary publish: the oldest
+                // unanswered one.
+                let what = match v["id"].as_u64() {
+                    Some(id) => self.pending.remove(&id),
+                    None => self
+                        .pending
+                        .iter()
+                        .find(|(_, p)| matches!(p, Pending::Checkpoint(_)))
+                        .map(|(id, _)| *id)
+                        .and_then(|id| self.pending.remove(&id)),
+                };
+                let request = match what {
+                    Some(p) => p.describe(self.args.join.first().map(String::as_str)),
+                    None => "a request".to_owned(),
+                };
+                return Err(ClientError::Rejected {
+                    request,
+                    code: v["code"].as_str().unwrap_or_default().to_owned(),
+                    message: v["message"].as_str().unwrap_or_default().to_owned(),
+                });
+            }
+            _ => {}
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// A binary frame: a type-4 delivery prints as
+    /// `{"type":"message","group":..,"binary":"<base64>"}`; anything else
+    /// (which a roomcast server does not send) only with `--json`, as
+    /// `{"type":"binary","binary":"<base64 of the whole frame>"}`.
+    async fn binary(&mut self, b: &[u8]) -> Result<Flow, ClientError> {
+        match decode_delivery(b) {
+            Some((group, message)) => {
+                // Built by hand to keep the key order of the JSON frames.
+                let line = format!(
+                    r#"{{"type":"message","group":{},"binary":"{}"}}"#,
+                    Value::from(group),
+                    BASE64.encode(message)
+                );
+                if matches!(self.print(&line).await?, Flow::Done) {
+                    return Ok(Flow::Done);
+                }
+                Ok(self.counted())
+            }
+            None if self.args.json => {
+                let line = format!(r#"{{"type":"binary","binary":"{}"}}"#, BASE64.encode(b));
+                self.print(&line).await
+            }
+            None => Ok(Flow::Continue),
+        }
+    }
+
+    /// Count a printed message; `Done` when `--count` is reached.
+    fn counted(&mut self) -> Flow {
+        self.messages += 1;
+        match self.args.count {
+            Some(n) if self.messages >= n => Flow::Done,
+            _ => Flow::Continue,
+        }
+    }
+
+    /// Print one line on stdout. A closed stdout (`| head -1`) ends the
+    /// session normally.
+    async fn print(&mut self, line: &str) -> Result<Flow, ClientError> {
+        let mut buf = Vec::with_capacity(line.len() + 1);
+        buf.extend_from_slice(line.as_bytes());
+        buf.push(b'\n');
+        let r = async {
+            self.out.write_all(&buf).await?;
+            self.out.flush().await
+        }
+        .await;
+        match r {
+            Ok(()) => Ok(Flow::Continue),
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(Flow::Done),
+            Err(e) => Err(ClientError::Io(format!("writing stdout: {e}"))),
+        }
+    }
+
+    async fn warn(&mut self, text: &str) {
+        let _ = self
+            .err
+            .write_all(format!("roomcast client: {text}\n").as_bytes())
+            .await;
+        let _ = self.err.flush().await;
+    }
+
+    /// Close with 1000 and wait (briefly) for the server's Close.
+    async fn close(&mut self) -> Result<(), ClientError> {
+        let _ = self.tx.send(Message::Close(Some(CloseFrame {
+            code: CloseCode::Normal,
+            reason: "".into(),
+        })));
+        let _ = tokio::time::timeout(CLOSE_WAIT, async {
+            while let Some(Ok(_)) = self.stream.next().await {}
+        })
+        .await;
+        Ok(())
+    }
+}
+
+/// Split a type-4 binary delivery into group and message bytes.
+pub fn decode_delivery(b: &[u8]) -> Option<(&str, &[u8])> {
+    let (kind, rest) = b.split_first_chunk::<4>()?;
+    if u32::from_le_bytes(*kind) != 4 {
+        return None;
+    }
+    let (&len, rest) = rest.split_first()?;
+    let len = usize::from(len);
+    if rest.len() < len {
+        return None;
+    }
+    let (group, message) = rest.split_at(len);
+    Some((std::str::from_utf8(group).ok()?, message))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ClientArgs,
+    }
+
+    #[test]
+    fn parses_options() {
+        let cli = Cli::try_parse_from([
+            "client",
+            "ws://h:1/ws",
+            "--join",
+            "a",
+            "--join",
+            "b",
+            "--send-binary",
+            "--count",
+            "3",
+            "--json",
+        ])
+        .unwrap();
+        assert_eq!(cli.args.join, ["a", "b"]);
+        assert!(cli.args.send_binary && cli.args.json);
+        assert_eq!(cli.args.count, Some(3));
+        assert_eq!(cli.args.connect_timeout, Duration::from_secs(10));
+        assert!(Cli::try_parse_from(["client", "ws://h:1/ws", "--count", "0"]).is_err());
+    }
+
+    #[test]
+    fn help_documents_exit_codes() {
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("Exit status:"), "{help}");
+        assert!(help.contains("3  the server closed the connection"), "{help}");
+    }
+
+    #[test]
+    fn decodes_deliveries() {
+        assert_eq!(
+            decode_delivery(b"\x04\0\0\0\x05lobbyhello"),
+            Some(("lobby", &b"hello"[..]))
+        );
+        assert_eq!(decode_delivery(b"\x04\0\0\0\x01g"), Some(("g", &b""[..])));
+        assert_eq!(decode_delivery(b"\x03\0\0\0\x01g"), None);
+        assert_eq!(decode_delivery(b"\x04\0\0\0\x05lob"), None);
+        assert_eq!(decode_delivery(b"\x04\0\0"), None);
+    }
+
+    #[test]
+    fn exit_codes() {
+        assert_eq!(ClientError::Usage("x".into()).exit_code(), 1);
+        assert_eq!(
+            ClientError::Connect {
+                url: "u".into(),
+                reason: "r".into()
+            }
+            .exit_code(),
+            2
+        );
+        let closed = ClientError::Closed {
+            code: 1001,
+            reason: "server shutting down".into(),
+        };
+        assert_eq!(closed.exit_code(), 3);
+        assert_eq!(
+            closed.to_string(),
+            "the server closed the connection: 1001 (server shutting down)"
+        );
+    }
+
+    #[test]
+    fn one_line_keeps_json() {
+        let s = "{\"a\":\r\n[1,\n2]}";
+        let v: Value = serde_json::from_str(&one_line(s)).unwrap();
+        assert_eq!(v, serde_json::json!({"a":[1,2]}));
+    }
+}

@@ -1,0 +1,803 @@
+//! Server metrics in the Prometheus text format at `GET /metrics`, and the
+//! readiness probe at `GET /readyz`.
+//!
+//! # Why it is shaped this way
+//!
+//! These counters are bumped on the hottest paths of the server: every read
+//! from a socket, every write batch, every publication. prometheus-client's
+//! labelled [`Family::get_or_create`] takes a read-write lock on every call,
+//! and its `Histogram::observe` takes a mutex. Neither may run per message,
+//! so:
+//!
+//! - Every label combination is created once, in [`Metrics::new`], and its
+//!   `Counter` handle (an `Arc` around one atomic) is kept in an array indexed
+//!   by the label enums ([`Source`], [`Protocol`], [`CloseReason`],
+//!   [`ErrorCode`]). Recording is a relaxed `fetch_add` through that handle;
+//!   a family's lock is taken only when a scrape encodes it.
+//! - Histograms are our own [`AtomicHistogram`]: fixed buckets of `AtomicU64`
+//!   and an integer sum, two relaxed adds per observation, encoded through
+//!   prometheus-client's [`EncodeMetric`] like any other metric.
+//! - Callers add in bulk: a fan-out adds its recipient count once per
+//!   publication (never per recipient), a write adds once per vectored write.
+//!
+//! [`Metrics`] is also the one source of truth behind `/stats`:
+//! [`crate::stats::Stats`] is this type, and [`Metrics::snapshot`] reads the
+//! same atomics, so `/stats` and `/metrics` always agree.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::exemplar::Exemplar;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::broker::Payload;
+use crate::disconnect::Disconnect;
+use crate::hub::Fanout;
+use crate::node::Node;
+use crate::protocol::ErrorCode;
+use crate::stats::Snapshot;
+
+/// Where a message entered the server (label `source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// A WebSocket client (`/ws` or `/echo`).
+    Ws,
+    /// The HTTP publish API.
+    Api,
+}
+
+impl Source {
+    /// Every value, in index order.
+    pub const ALL: [Self; 2] = [Self::Ws, Self::Api];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ws => "ws",
+            Self::Api => "api",
+        }
+    }
+}
+
+/// How a message is encoded (label `protocol`): JSON text or binary.
+/// On `/echo`, any text message counts as `json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// A text message (JSON requests and frames).
+    Json,
+    /// A binary message.
+    Binary,
+}
+
+impl Protocol {
+    /// Every value, in index order.
+    pub const ALL: [Self; 2] = [Self::Json, Self::Binary];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Json => "json",
+            Self::Binary => "binary",
+        }
+    }
+
+    /// The protocol of a publication's payload.
+    pub fn of(payload: &Payload) -> Self {
+        match payload {
+            Payload::Json(_) => Self::Json,
+            Payload::Binary(_) => Self::Binary,
+        }
+    }
+
+    /// The protocol and payload length of a whole, unmasked server frame,
+    /// or `None` for a control frame.
+    pub fn of_frame(frame: &[u8]) -> Option<(Self, usize)> {
+        let protocol = match frame.first()? & 0x0F {
+            0x1 => Self::Json,
+            0x2 => Self::Binary,
+            _ => return None,
+        };
+        let header = match frame.get(1)? & 0x7F {
+            126 => 4,
+            127 => 10,
+            _ => 2,
+        };
+        Some((protocol, frame.len().saturating_sub(header)))
+    }
+}
+
+/// Why a connection ended (label `reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client sent a Close frame.
+    ClientClosed,
+    /// The server shut down (1001).
+    Shutdown,
+    /// The client broke RFC 6455 (1002, 1007, 1009).
+    ProtocolError,
+    /// Its outbound queue was full under the `disconnect` policy (4001).
+    SlowConsumer,
+    /// Nothing arrived for the idle timeout (4002).
+    IdleTimeout,
+    /// Closed on request with any other code (the HTTP API).
+    Api,
+    /// The socket failed (reset, broken pipe).
+    SocketError,
+    /// The client closed TCP without a close handshake.
+    Eof,
+    /// The session ended without reaching any of the above (its task was
+    /// dropped: a panic, or the process exiting after the drain timeout).
+    Aborted,
+}
+
+impl CloseReason {
+    /// Every value, in index order.
+    pub const ALL: [Self; 9] = [
+        Self::ClientClosed,
+        Self::Shutdown,
+        Self::ProtocolError,
+        Self::SlowConsumer,
+        Self::IdleTimeout,
+        Self::Api,
+        Self::SocketError,
+        Self::Eof,
+        Self::Aborted,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClientClosed => "client_closed",
+            Self::Shutdown => "shutdown",
+            Self::ProtocolError => "protocol_error",
+            Self::SlowConsumer => "slow_consumer",
+            Self::IdleTimeout => "idle_timeout",
+            Self::Api => "api",
+            Self::SocketError => "socket_error",
+            Self::Eof => "eof",
+            Self::Aborted => "aborted",
+        }
+    }
+}
+
+impl From<Disconnect> for CloseReason {
+    fn from(d: Disconnect) -> Self {
+        match d {
+            Disconnect::ClientClosed(_) => Self::ClientClosed,
+            Disconnect::Shutdown => Self::Shutdown,
+            Disconnect::Protocol(_) => Self::ProtocolError,
+            Disconnect::SlowConsumer => Self::SlowConsumer,
+            Disconnect::IdleTimeout => Self::IdleTimeout,
+            Disconnect::Other(_) => Self::Api,
+        }
+    }
+}
+
+/// Every error code, in index order (see [`error_index`]).
+const ERROR_CODES: [ErrorCode; 5] = [
+    ErrorCode::BadRequest,
+    ErrorCode::InvalidGroup,
+    ErrorCode::TooManyGroups,
+    ErrorCode::UnknownConnection,
+    ErrorCode::Internal,
+];
+
+/// Position of `code` in [`ERROR_CODES`]. Exhaustive, so a new code does not
+/// compile until it has a counter.
+fn error_index(code: ErrorCode) -> usize {
+    match code {
+        ErrorCode::BadRequest => 0,
+        ErrorCode::InvalidGroup => 1,
+        ErrorCode::TooManyGroups => 2,
+        ErrorCode::UnknownConnection => 3,
+        ErrorCode::Internal => 4,
+    }
+}
+
+/// Upper bounds of the fan-out duration histogram, in seconds.
+const FANOUT_SECONDS: [f64; 16] = [
+    1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1,
+];
+
+/// Upper bounds of the outbox depth histogram, in frames.
+const OUTBOX_FRAMES: [f64; 13] = [
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0,
+];
+
+/// A histogram that records without a lock: fixed buckets of `AtomicU64`
+/// and an integer sum. An observation is two relaxed adds (its bucket and
+/// the sum); the count is the sum of the buckets, so `_count` always equals
+/// the `+Inf` bucket. Cloning shares the histogram.
+#[derive(Debug, Clone)]
+pub struct AtomicHistogram {
+    inner: Arc<HistogramInner>,
+}
+
+#[derive(Debug)]
+struct HistogramInner {
+    /// Upper bounds as exposed (`le`), ascending.
+    bounds: Box<[f64]>,
+    /// The same bounds in recorded units.
+    limits: Box<[u64]>,
+    /// Observations per bucket (not cumulative); the last one is `+Inf`.
+    buckets: Box<[AtomicU64]>,
+    /// Sum of observations, in recorded units.
+    sum: AtomicU64,
+    /// Recorded units per exposed unit (1e9 for nanoseconds as seconds).
+    scale: f64,
+}
+
+impl AtomicHistogram {
+    /// A histogram with upper bounds `bounds` (ascending, in the exposed
+    /// unit) over integer observations in units of `1 / scale` of it.
+    pub fn new(bounds: &[f64], scale: f64) -> Self {
+        assert!(bounds.is_sorted(), "histogram bounds must ascend");
+        Self {
+            inner: Arc::new(HistogramInner {
+                bounds: bounds.into(),
+                limits: bounds.iter().map(|b| (b * scale).round() as u64).collect(),
+                buckets: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+                sum: AtomicU64::new(0),
+                scale,
+            }),
+        }
+    }
+
+    /// Record one observation of `v` recorded units.
+    #[inline]
+    pub fn observe(&self, v: u64) {
+        let h = &*self.inner;
+        let i = h.limits.partition_point(|&limit| limit < v);
+        h.buckets[i].fetch_add(1, Relaxed);
+        h.sum.fetch_add(v, Relaxed);
+    }
+
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.inner.buckets.iter().map(|b| b.load(Relaxed)).sum()
+    }
+
+    /// Sum of the observations, in the exposed unit.
+    pub fn sum(&self) -> f64 {
+        self.inner.sum.load(Relaxed) as f64 / self.inner.scale
+    }
+}
+
+impl EncodeMetric for AtomicHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let h = &*self.inner;
+        let buckets: Vec<(f64, u64)> = h
+            .bounds
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .zip(h.buckets.iter().map(|b| b.load(Relaxed)))
+            .collect();
+        let count = buckets.iter().map(|&(_, n)| n).sum();
+        encoder.encode_histogram::<NoLabelSet>(
+            self.sum(),
+            count,
+            &buckets,
+            None::<&std::collections::HashMap<usize, Exemplar<NoLabelSet, f64>>>,
+        )
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+/// What one write put on a socket, added to the counters in one step.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Written {
+    /// Bytes written, frame headers included.
+    pub bytes: u64,
+    /// Frames completed (data and control).
+    pub frames: u64,
+    /// Data frames completed, by [`Protocol`] index.
+    messages: [u64; 2],
+    /// Their payload bytes, by [`Protocol`] index.
+    payload: [u64; 2],
+}
+
+impl Written {
+    /// A write of `bytes` bytes; frames are added with [`Written::frame`].
+    pub fn new(bytes: usize) -> Self {
+        Self {
+            bytes: bytes as u64,
+            ..Self::default()
+        }
+    }
+
+    /// Account one completed frame, as classified by [`Protocol::of_frame`].
+    #[inline]
+    pub fn frame(&mut self, kind: Option<(Protocol, usize)>) {
+        self.frames += 1;
+        if let Some((p, len)) = kind {
+            self.messages[p as usize] += 1;
+            self.payload[p as usize] += len as u64;
+        }
+    }
+}
+
+type Labels1 = [(&'static str, &'static str); 1];
+type Labels2 = [(&'static str, &'static str); 2];
+
+/// Every metric of the server, with the registry that encodes them.
+/// Recording methods take no lock (see the module docs).
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    connections: Gauge,
+    groups: Gauge,
+    memberships: Gauge,
+    opened: Counter,
+    /// By [`CloseReason`] index.
+    closed: [Counter; CloseReason::ALL.len()],
+    /// By [`Source`], then [`Protocol`] index.
+    messages_in: [[Counter; 2]; 2],
+    payload_in: [[Counter; 2]; 2],
+    /// By [`Protocol`] index.
+    messages_out: [Counter; 2],
+    payload_out: [Counter; 2],
+    socket_bytes_in: Counter,
+    socket_bytes_out: Counter,
+    socket_frames_out: Counter,
+    fanouts: Counter,
+    deliveries: Counter,
+    dropped: Counter,
+    slow_consumer_disconnects: Counter,
+    /// By [`error_index`].
+    errors: [Counter; ERROR_CODES.len()],
+    fanout_seconds: AtomicHistogram,
+    outbox_depth: AtomicHistogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Register every metric and create every label combination.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("roomcast");
+        let r = &mut registry;
+
+        let gauge = |r: &mut Registry, name: &str, help: &str| {
+            let g = Gauge::default();
+            r.register(name, help, g.clone());
+            g
+        };
+        let counter = |r: &mut Registry, name: &str, help: &str| {
+            let c = Counter::default();
+            r.register(name, help, c.clone());
+            c
+        };
+        let family1 = |r: &mut Registry, name: &str, help: &str| {
+            let f = Family::<Labels1, Counter>::default();
+            r.register(name, help, f.clone());
+            f
+        };
+        let family2 = |r: &mut Registry, name: &str, help: &str| {
+            let f = Family::<Labels2, Counter>::default();
+            r.register(name, help, f.clone());
+            f
+        };
+        let by_source_protocol = |f: &Family<Labels2, Counter>| {
+            Source::ALL.map(|s| {
+                Protocol::ALL
+                    .map(|p| f.get_or_create_owned(&[("source", s.as_str()), ("protocol", p.as_str())]))
+            })
+        };
+        let by_protocol = |f: &Family<Labels1, Counter>| {
+            Protocol::ALL.map(|p| f.get_or_create_owned(&[("protocol", p.as_str())]))
+        };
+
+        let connections = gauge(r, "connections", "WebSocket connections open now (/ws and /echo)");
+        let groups = gauge(r, "groups", "Groups with at least one member");
+        let memberships = gauge(
+            r,
+            "group_memberships",
+            "Group memberships: (connection, group) pairs",
+        );
+        let opened = counter(
+            r,
+            "connections_opened",
+            "WebSocket connections accepted since start",
+        );
+        let closed = family1(r, "connections_closed", "WebSocket connections ended, by reason");
+        let closed = CloseReason::ALL.map(|c| closed.get_or_create_owned(&[("reason", c.as_str())]));
+        let messages_in = family2(
+            r,
+            "messages_received",
+            "Messages received: WebSocket data messages and HTTP API publishes",
+        );
+        let messages_in = by_source_protocol(&messages_in);
+        let payload_in = family2(
+            r,
+            "received_payload_bytes",
+            "Payload bytes of the messages received, without WebSocket framing",
+        );
+        let payload_in = by_source_protocol(&payload_in);
+        let messages_out = family1(
+            r,
+            "messages_sent",
+            "Data frames written to WebSocket clients: deliveries, replies, echoes",
+        );
+        let messages_out = by_protocol(&messages_out);
+        let payload_out = family1(
+            r,
+            "sent_payload_bytes",
+            "Payload bytes of the data frames written, without WebSocket framing",
+        );
+        let payload_out = by_protocol(&payload_out);
+        let socket_bytes_in = counter(
+            r,
+            "websocket_received_bytes",
+            "Bytes read from WebSocket connections, framing included",
+        );
+        let socket_bytes_out = counter(
+            r,
+            "websocket_sent_bytes",
+            "Bytes written to WebSocket connections, framing included",
+        );
+        let socket_frames_out = counter(
+            r,
+            "websocket_sent_frames",
+            "Frames written to WebSocket clients, data and control",
+        );
+        let fanouts = counter(
+            r,
+            "fanouts",
+            "Publications fanned out to a group, one connection or everyone",
+        );
+        let deliveries = counter(
+            r,
+            "fanout_deliveries",
+            "Frames queued by fan-out, one per recipient",
+        );
+        let dropped = counter(
+            r,
+            "slow_consumer_dropped",
+            "Deliveries dropped because the recipient's queue was full (drop policy)",
+        );
+        let slow_consumer_disconnects = counter(
+            r,
+            "slow_consumer_disconnects",
+            "Connections told to close because their queue was full (disconnect policy)",
+        );
+        let errors = family1(r, "errors_sent", "Error replies sent to clients, by code");
+        let errors = ERROR_CODES.map(|c| errors.get_or_create_owned(&[("code", c.as_str())]));
+        let fanout_seconds = AtomicHistogram::new(&FANOUT_SECONDS, 1e9);
+        r.register(
+            "fanout_duration_seconds",
+            "Time one publication spent queueing into all its local recipients",
+            fanout_seconds.clone(),
+        );
+        let outbox_depth = AtomicHistogram::new(&OUTBOX_FRAMES, 1.0);
+        r.register(
+            "outbox_depth_frames",
+            "Frames in a connection's outbound queue when its writer takes a batch",
+            outbox_depth.clone(),
+        );
+
+        Self {
+            registry,
+            connections,
+            groups,
+            memberships,
+            opened,
+            closed,
+            messages_in,
+            payload_in,
+            messages_out,
+            payload_out,
+            socket_bytes_in,
+            socket_bytes_out,
+            socket_frames_out,
+            fanouts,
+            deliveries,
+            dropped,
+            slow_consumer_disconnects,
+            errors,
+            fanout_seconds,
+            outbox_depth,
+        }
+    }
+
+    /// Every metric in the Prometheus text format (version 0.0.4).
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+
+    /// A WebSocket connection was accepted.
+    pub fn connection_opened(&self) {
+        self.connections.inc();
+        self.opened.inc();
+    }
+
+    /// A WebSocket connection ended for `reason`.
+    pub fn connection_closed(&self, reason: CloseReason) {
+        self.connections.dec();
+        self.closed[reason as usize].inc();
+    }
+
+    /// A group got its first member.
+    pub fn group_created(&self) {
+        self.groups.inc();
+    }
+
+    /// A group lost its last member.
+    pub fn group_removed(&self) {
+        self.groups.dec();
+    }
+
+    /// A connection joined a group it was not in.
+    pub fn member_added(&self) {
+        self.memberships.inc();
+    }
+
+    /// A connection left a group it was in.
+    pub fn member_removed(&self) {
+        self.memberships.dec();
+    }
+
+    /// Open connections now.
+    pub fn connections(&self) -> u64 {
+        self.connections.get().max(0) as u64
+    }
+
+    /// Groups with members now.
+    pub fn groups(&self) -> u64 {
+        self.groups.get().max(0) as u64
+    }
+
+    /// Group memberships now.
+    pub fn memberships(&self) -> u64 {
+        self.memberships.get().max(0) as u64
+    }
+
+    /// A message of `bytes` payload bytes arrived from `source`: a WebSocket
+    /// data message, or a publish through the HTTP API.
+    #[inline]
+    pub fn record_message_in(&self, source: Source, protocol: Protocol, bytes: usize) {
+        self.messages_in[source as usize][protocol as usize].inc();
+        self.payload_in[source as usize][protocol as usize].inc_by(bytes as u64);
+    }
+
+    /// A publish of `bytes` bytes arrived through the HTTP API; `binary`
+    /// for a binary payload. Shorthand for [`Metrics::record_message_in`]
+    /// with [`Source::Api`].
+    #[inline]
+    pub fn api_publishes(&self, binary: bool, bytes: usize) {
+        let protocol = if binary { Protocol::Binary } else { Protocol::Json };
+        self.record_message_in(Source::Api, protocol, bytes);
+    }
+
+    /// `bytes` were read from a WebSocket connection.
+    #[inline]
+    pub fn record_socket_read(&self, bytes: usize) {
+        self.socket_bytes_in.inc_by(bytes as u64);
+    }
+
+    /// One write to a WebSocket connection finished `w`.
+    #[inline]
+    pub fn record_written(&self, w: &Written) {
+        self.socket_bytes_out.inc_by(w.bytes);
+        if w.frames > 0 {
+            self.socket_frames_out.inc_by(w.frames);
+        }
+        for p in Protocol::ALL {
+            let i = p as usize;
+            if w.messages[i] > 0 {
+                self.messages_out[i].inc_by(w.messages[i]);
+                self.payload_out[i].inc_by(w.payload[i]);
+            }
+        }
+    }
+
+    /// One publication was fanned out with outcome `out`, taking `elapsed`.
+    #[inline]
+    pub fn record_fanout(&self, out: &Fanout, elapsed: Duration) {
+        self.fanouts.inc();
+        if out.delivered > 0 {
+            self.deliveries.inc_by(out.delivered as u64);
+        }
+        if out.dropped > 0 {
+            self.dropped.inc_by(out.dropped as u64);
+        }
+        if out.disconnected > 0 {
+            self.slow_consumer_disconnects.inc_by(out.disconnected as u64);
+        }
+        self.fanout_seconds
+            .observe(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX));
+    }
+
+    /// An `error` frame with `code` was sent to a client.
+    #[inline]
+    pub fn record_error_sent(&self, code: ErrorCode) {
+        self.errors[error_index(code)].inc();
+    }
+
+    /// A connection's writer found `frames` frames queued when it took a batch.
+    #[inline]
+    pub fn observe_outbox_depth(&self, frames: usize) {
+        self.outbox_depth.observe(frames as u64);
+    }
+
+    /// The fan-out duration histogram.
+    pub fn fanout_seconds(&self) -> &AtomicHistogram {
+        &self.fanout_seconds
+    }
+
+    /// The outbox depth histogram.
+    pub fn outbox_depth(&self) -> &AtomicHistogram {
+        &self.outbox_depth
+    }
+
+    /// The `/stats` view of these counters. `groups` is passed in by the
+    /// caller (usually [`crate::hub::Hub::group_count`], which reads
+    /// [`Metrics::groups`]).
+    pub fn snapshot(&self, groups: u64) -> Snapshot {
+        let sum = |c: &[[Counter; 2]; 2]| c.iter().flatten().map(Counter::get).sum();
+        Snapshot {
+            connections: self.connections(),
+            connections_total: self.opened.get(),
+            groups,
+            messages_in: sum(&self.messages_in),
+            messages_out: self.socket_frames_out.get(),
+            bytes_in: self.socket_bytes_in.get(),
+            bytes_out: self.socket_bytes_out.get(),
+            broadcasts: self.fanouts.get(),
+            deliveries: self.deliveries.get(),
+            dropped: self.dropped.get(),
+            slow_consumer_disconnects: self.slow_consumer_disconnects.get(),
+        }
+    }
+}
+
+/// The routes of this module, merged into [`crate::http::router`]:
+/// `GET /metrics` and `GET /readyz`.
+pub fn routes() -> Router<Arc<Node>> {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/readyz", get(readyz))
+}
+
+async fn metrics(State(node): State<Arc<Node>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+        )],
+        node.stats.encode(),
+    )
+        .into_response()
+}
+
+/// 200 while serving; 503 `shutting_down` once shutdown has begun.
+async fn readyz(State(node): State<Arc<Node>>) -> Response {
+    if node.shutdown.is_cancelled() {
+        return crate::http::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "server is shutting down",
+        );
+    }
+    (
+        StatusCode::OK,
+        axum::Json(serde_json::json!({ "status": "ready" })),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_indexes_match_their_lists() {
+        for (i, c) in ERROR_CODES.iter().enumerate() {
+            assert_eq!(error_index(*c), i);
+        }
+        for (i, r) in CloseReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+        }
+        for (i, p) in Protocol::ALL.iter().enumerate() {
+            assert_eq!(*p as usize, i);
+        }
+        for (i, s) in Source::ALL.iter().enumerate() {
+            assert_eq!(*s as usize, i);
+        }
+    }
+
+    #[test]
+    fn histogram_buckets_are_inclusive_and_count_is_their_sum() {
+        let h = AtomicHistogram::new(&[1.0, 10.0], 1.0);
+        for v in [0, 1, 2, 10, 11, 1000] {
+            h.observe(v);
+        }
+        assert_eq!(h.count(), 6);
+        assert_eq!(h.sum(), 1024.0);
+        let m = Metrics::new();
+        m.outbox_depth.observe(3);
+        let text = m.encode();
+        assert!(
+            text.contains("roomcast_outbox_depth_frames_bucket{le=\"2\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("roomcast_outbox_depth_frames_bucket{le=\"4\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("roomcast_outbox_depth_frames_bucket{le=\"+Inf\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("roomcast_outbox_depth_frames_count 1\n"), "{text}");
+        assert!(text.contains("roomcast_outbox_depth_frames_sum 3"), "{text}");
+    }
+
+    #[test]
+    fn nanoseconds_are_exposed_as_seconds() {
+        let m = Metrics::new();
+        m.record_fanout(&Fanout::default(), Duration::from_micros(3));
+        assert_eq!(m.fanout_seconds.count(), 1);
+        assert!((m.fanout_seconds.sum() - 3e-6).abs() < 1e-12);
+        let text = m.encode();
+        assert!(
+            text.contains("roomcast_fanout_duration_seconds_count 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("roomcast_fanouts_total 1\n"), "{text}");
+    }
+
+    #[test]
+    fn every_label_combination_is_exposed_from_the_start() {
+        let text = Metrics::new().encode();
+        for r in CloseReason::ALL {
+            let line = format!(
+                "roomcast_connections_closed_total{{reason=\"{}\"}} 0\n",
+                r.as_str()
+            );
+            assert!(text.contains(&line), "{line} in {text}");
+        }
+        for c in ERROR_CODES {
+            let line = format!("roomcast_errors_sent_total{{code=\"{}\"}} 0\n", c.as_str());
+            assert!(text.contains(&line), "{line} in {text}");
+        }
+        assert!(text.contains("roomcast_messages_received_total{source=\"api\",protocol=\"binary\"} 0\n"));
+    }
+
+    #[test]
+    fn frames_are_classified_by_opcode_and_payload_length() {
+        assert_eq!(
+            Protocol::of_frame(&[0x81, 2, b'{', b'}']),
+            Some((Protocol::Json, 2))
+        );
+        let mut big = vec![0x82, 126, 1, 0];
+        big.resize(4 + 256, 0);
+        assert_eq!(Protocol::of_frame(&big), Some((Protocol::Binary, 256)));
+        assert_eq!(Protocol::of_frame(&[0x89, 0]), None);
+        let mut w = Written::default();
+        w.frame(Protocol::of_frame(&big));
+        w.frame(None);
+        assert_eq!((w.frames, w.messages, w.payload), (2, [0, 1], [0, 256]));
+    }
+}
