@@ -328,9 +328,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 
     /// Write everything queued, then shut down the write side (our FIN
-    /// follows the close frame), then read until the client's Close or EOF.
-    /// Bounded by `deadline`.
-    pub async fn finish(&mut self, deadline: Instant) {
+    /// follows the close frame). When we started the close handshake, then
+    /// read until the client's Close (or EOF); when the client started it,
+    /// its Close is already here and the server closes TCP first, as RFC
+    /// 6455 section 7.1.1 asks. Bounded by `deadline`.
+    pub async fn finish(&mut self, deadline: Instant, await_client_close: bool) {
         let work = async {
             if poll_fn(|cx| self.poll_write_out(cx)).await.is_err() {
                 return;
@@ -342,7 +344,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 return;
             }
             // Events decoded earlier may already hold the client's Close.
-            if self.events.iter().any(|e| matches!(e, Event::Close(_))) {
+            if !await_client_close || self.events.iter().any(|e| matches!(e, Event::Close(_))) {
                 return;
             }
             loop {

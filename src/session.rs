@@ -183,7 +183,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Disconnect::Shutdown => self.node.config.drain_timeout,
             _ => CLOSE_WAIT,
         };
-        self.conn.finish(Instant::now() + wait).await;
+        let client_started = matches!(reason, Disconnect::ClientClosed(_));
+        self.conn.finish(Instant::now() + wait, !client_started).await;
         Some(reason)
     }
 

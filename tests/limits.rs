@@ -423,3 +423,29 @@ async fn a_client_that_neither_sends_nor_reads_times_out_despite_pings() {
     assert_eq!(close, Some(4002));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn after_a_client_close_the_server_closes_tcp_first() {
+    let server = start(config()).await;
+    let mut raw = RawClient::connect(server.addr, "/ws").await;
+    assert_eq!(raw.frame().await.unwrap().opcode, 1); // welcome
+    let started = std::time::Instant::now();
+    raw.send_frame(true, 8, &1000u16.to_be_bytes()).await;
+    let reply = raw.frame().await.unwrap();
+    assert_eq!(
+        (reply.opcode, &reply.payload[..]),
+        (8, &1000u16.to_be_bytes()[..])
+    );
+    // EOF from the server, and the connection is gone on the server side,
+    // while this client still holds its end open: the server does not sit
+    // out its 5 s close wait for the client to close TCP.
+    assert_eq!(raw.frame().await, None);
+    server.wait_stats("closed", |s| s.connections == 0).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(raw);
+    server.stop().await;
+}

@@ -82,23 +82,14 @@ impl Scrape {
 
 /// GET `/metrics`, check the status and content type, parse the body.
 async fn scrape(addr: SocketAddr) -> Scrape {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let req = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(STEP, s.read_to_end(&mut out))
-        .await
-        .unwrap()
-        .unwrap();
-    let text = String::from_utf8(out).expect("UTF-8");
-    let (head, body) = text.split_once("\r\n\r\n").expect("a complete response");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let (status, head, body) = http_full(addr, "GET", "/metrics", &[], &[]).await;
+    assert_eq!(status, 200, "{head}");
     assert!(
         head.to_ascii_lowercase()
             .contains("content-type: text/plain; version=0.0.4; charset=utf-8"),
         "{head}"
     );
-    Scrape::parse(body)
+    Scrape::parse(&body)
 }
 
 /// Scrape until `pred` holds (some counters move just after the event a
