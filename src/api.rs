@@ -86,7 +86,9 @@ async fn authorize(State(node): State<Arc<Node>>, req: Request, next: Next) -> R
             let given = req
                 .headers()
                 .get(header::AUTHORIZATION)
-                .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+                .map(|v| v.as_bytes())
+                .filter(|v| v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer "))
+                .map(|v| &v[7..]);
             match given {
                 None => {
                     return ApiError::new(
@@ -169,6 +171,10 @@ fn body_kind(req: &Request) -> Result<BodyKind, ApiError> {
 }
 
 fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+    // Serde would also take an array as a struct; bodies are objects.
+    if !body.trim_ascii_start().starts_with(b"{") {
+        return Err(ApiError::bad_request("request body must be a JSON object"));
+    }
     serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
 }
 
@@ -213,7 +219,12 @@ struct GroupQuery {
 
 /// `POST /api/publish`: JSON `{"group","data"}`, or raw bytes with
 /// `Content-Type: application/octet-stream` and `?group=G`.
-async fn publish(State(node): State<Arc<Node>>, Query(q): Query<GroupQuery>, req: Request) -> ApiResult {
+async fn publish(
+    State(node): State<Arc<Node>>,
+    q: Result<Query<GroupQuery>, axum::extract::rejection::QueryRejection>,
+    req: Request,
+) -> ApiResult {
+    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let kind = body_kind(&req)?;
     let body = read_body(req, node.config.max_message_size).await?;
     let (group, payload) = match kind {
@@ -236,6 +247,7 @@ async fn publish(State(node): State<Arc<Node>>, Query(q): Query<GroupQuery>, req
         Publication {
             target: Target::Group(group),
             from: None,
+            user: None,
             payload,
         },
     )
@@ -260,6 +272,7 @@ async fn broadcast(State(node): State<Arc<Node>>, req: Request) -> ApiResult {
         Publication {
             target: Target::All,
             from: None,
+            user: None,
             payload: data_bytes(&body, b.data),
         },
     )
@@ -295,6 +308,7 @@ async fn send(State(node): State<Arc<Node>>, req: Request) -> ApiResult {
         Publication {
             target: Target::Conn(id),
             from: None,
+            user: None,
             payload: data_bytes(&body, b.data),
         },
     )
@@ -394,7 +408,12 @@ async fn list_groups(
 }
 
 /// `GET /api/groups/{group}`: member count and connection ids.
-async fn group_info(State(node): State<Arc<Node>>, Path(group): Path<String>) -> ApiResult {
+async fn group_info(
+    State(node): State<Arc<Node>>,
+    group: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> ApiResult {
+    let Path(group) =
+        group.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_group", e.body_text()))?;
     check_group(&group)?;
     let ids = node.hub.group_members(&group).ok_or_else(|| {
         ApiError::new(

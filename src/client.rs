@@ -641,10 +641,10 @@ impl<O: AsyncWrite + Unpin, E: AsyncWrite + Unpin> Client<O, E> {
         match kind {
             "message" => return Ok(self.counted()),
             "ack" | "pong" => {
-                if let Some(done) = v["id"].as_u64().and_then(|id| self.pending.remove(&id)) {
-                    if matches!(done, Pending::Publish(_) | Pending::Checkpoint(_)) {
-                        self.published += 1;
-                    }
+                if let Some(done) = v["id"].as_u64().and_then(|id| self.pending.remove(&id))
+                    && matches!(done, Pending::Publish(_) | Pending::Checkpoint(_))
+                {
+                    self.published += 1;
                 }
             }
             "error" => {

@@ -110,6 +110,19 @@ pub struct Config {
     #[arg(long, env = "ROOMCAST_SOCKET_SEND_BUFFER", value_name = "BYTES", default_value_t = 256 * 1024)]
     pub socket_send_buffer: usize,
 
+    /// TLS certificate chain (PEM, leaf first). With `--tls-key`, the
+    /// server speaks only TLS: `wss://` and the HTTP API over HTTPS.
+    /// Reloaded on SIGHUP.
+    #[arg(long, env = "ROOMCAST_TLS_CERT", value_name = "PEM")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// TLS private key for `--tls-cert` (PEM: PKCS#8, PKCS#1 or SEC1,
+    /// unencrypted). Reloaded on SIGHUP.
+    #[arg(long, env = "ROOMCAST_TLS_KEY", value_name = "PEM")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+
     /// Do not deliver a publication back to the connection that published it.
     #[arg(long, env = "ROOMCAST_NO_ECHO")]
     pub no_echo: bool,
@@ -123,6 +136,95 @@ pub struct Config {
     #[arg(long, env = "ROOMCAST_API_KEY", value_name = "KEY", hide_env_values = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_key: Option<String>,
+
+    /// Most WebSocket connections at once (0: no limit); more get 503.
+    #[arg(
+        long,
+        env = "ROOMCAST_MAX_CONNECTIONS",
+        value_name = "N",
+        default_value_t = 100_000
+    )]
+    pub max_connections: usize,
+
+    /// Most WebSocket connections from one client IP (0: no limit); more
+    /// get 429.
+    #[arg(
+        long,
+        env = "ROOMCAST_MAX_CONNECTIONS_PER_IP",
+        value_name = "N",
+        default_value_t = 10_000
+    )]
+    pub max_connections_per_ip: usize,
+
+    /// New WebSocket connections per second from one client IP, with an
+    /// equal burst (0: no limit); more get 429 with Retry-After.
+    #[arg(
+        long,
+        env = "ROOMCAST_CONNECT_RATE_PER_IP",
+        value_name = "PER_SEC",
+        default_value_t = 1000
+    )]
+    pub connect_rate_per_ip: u32,
+
+    /// Messages per second one connection may send (0: no limit). Excess
+    /// messages get `rate_limited` errors; a client that keeps going (more
+    /// rejected messages within a second than the burst) is closed with 1008.
+    #[arg(
+        long,
+        env = "ROOMCAST_MESSAGE_RATE",
+        value_name = "PER_SEC",
+        default_value_t = 1000
+    )]
+    pub message_rate: u32,
+
+    /// Messages a connection may send at once before the rate applies
+    /// (default: equal to the rate).
+    #[arg(long, env = "ROOMCAST_MESSAGE_BURST", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_burst: Option<u32>,
+
+    /// Time a client has to send its request headers (and finish TLS).
+    #[arg(long, env = "ROOMCAST_HANDSHAKE_TIMEOUT", value_name = "DUR", default_value = "10s", value_parser = parse_duration)]
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+
+    /// Browser origin allowed to open WebSockets, e.g.
+    /// `https://app.example.com` (repeatable; none: every origin). Clients
+    /// that send no Origin header are not browsers and are allowed.
+    #[arg(
+        long,
+        env = "ROOMCAST_ALLOWED_ORIGIN",
+        value_name = "ORIGIN",
+        value_delimiter = ','
+    )]
+    pub allowed_origin: Vec<String>,
+
+    /// Proxy address or CIDR whose `X-Forwarded-For` is believed
+    /// (repeatable; none: the TCP peer is always the client).
+    #[arg(
+        long,
+        env = "ROOMCAST_TRUSTED_PROXY",
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
+    pub trusted_proxy: Vec<String>,
+
+    /// Secret for HS256 JWTs; when set, every WebSocket client needs a
+    /// valid token (see docs/auth.md). At least 32 bytes.
+    #[arg(
+        long,
+        env = "ROOMCAST_JWT_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt_secret: Option<String>,
+
+    /// PEM public key (RSA for RS256, P-256 for ES256); when set, every
+    /// WebSocket client needs a valid token signed with its private key.
+    #[arg(long, env = "ROOMCAST_JWT_PUBLIC_KEY", value_name = "PEM")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt_public_key: Option<PathBuf>,
 
     /// Log format.
     #[arg(long, env = "ROOMCAST_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
@@ -148,9 +250,21 @@ impl Default for Config {
             max_groups_per_connection: 128,
             drain_timeout: Duration::from_secs(10),
             socket_send_buffer: 256 * 1024,
+            tls_cert: None,
+            tls_key: None,
             no_echo: false,
             disable_echo_endpoint: false,
             api_key: None,
+            jwt_secret: None,
+            jwt_public_key: None,
+            max_connections: 100_000,
+            max_connections_per_ip: 10_000,
+            connect_rate_per_ip: 1000,
+            message_rate: 1000,
+            message_burst: None,
+            handshake_timeout: Duration::from_secs(10),
+            allowed_origin: Vec::new(),
+            trusted_proxy: Vec::new(),
             log_format: LogFormat::Human,
             log_level: None,
         }
@@ -248,6 +362,11 @@ fn check_env(names: impl Iterator<Item = String>) -> Result<(), ConfigError> {
     let known = toml::Table::try_from(Config {
         api_key: Some(String::new()),
         log_level: Some(String::new()),
+        tls_cert: Some(PathBuf::new()),
+        tls_key: Some(PathBuf::new()),
+        message_burst: Some(0),
+        jwt_secret: Some(String::new()),
+        jwt_public_key: Some(PathBuf::new()),
         ..Config::default()
     })
     .expect("defaults serialize");
@@ -298,13 +417,38 @@ impl Config {
             ("ping_interval", self.ping_interval),
             ("idle_timeout", self.idle_timeout),
             ("drain_timeout", self.drain_timeout),
+            ("handshake_timeout", self.handshake_timeout),
         ] {
             if d > MAX_DURATION {
                 return err(key, "must be at most 24h");
             }
         }
+        for cidr in &self.trusted_proxy {
+            if let Err(m) = crate::limits::parse_cidr(cidr) {
+                return err("trusted_proxy", &m);
+            }
+        }
+        for origin in &self.allowed_origin {
+            if !(origin.starts_with("http://") || origin.starts_with("https://")) {
+                return err("allowed_origin", "must look like https://host[:port]");
+            }
+        }
+        if self.handshake_timeout.is_zero() {
+            return err("handshake_timeout", "must be more than 0s");
+        }
+        crate::auth::Auth::from_config(self)?;
         if self.api_key.as_deref().is_some_and(|k| k.len() < 16) {
             return err("api_key", "must be at least 16 characters");
+        }
+        match (&self.tls_cert, &self.tls_key) {
+            (None, None) => {}
+            (Some(_), None) => return err("tls_key", "required with tls_cert"),
+            (None, Some(_)) => return err("tls_cert", "required with tls_key"),
+            (Some(cert), Some(key)) => {
+                if let Err(e) = crate::tls::server_config(cert, key) {
+                    return err(e.setting, &e.message);
+                }
+            }
         }
         if let Some(filter) = &self.log_level
             && tracing_subscriber::EnvFilter::try_new(filter).is_err()
@@ -334,8 +478,12 @@ impl Config {
     /// The effective configuration as a commented TOML file.
     pub fn to_toml(&self, show_secrets: bool) -> String {
         let mut shown = self.clone();
-        if !show_secrets && shown.api_key.is_some() {
-            shown.api_key = Some("<redacted: use --show-secrets>".into());
+        if !show_secrets {
+            for secret in [&mut shown.api_key, &mut shown.jwt_secret] {
+                if secret.is_some() {
+                    *secret = Some("<redacted>".into());
+                }
+            }
         }
         let body = toml::to_string(&shown).expect("config serializes");
         let mut out = String::from(
@@ -348,8 +496,19 @@ impl Config {
         if shown.log_level.is_none() {
             out.push_str("# log_level = \"info\"   # unset: RUST_LOG, or info\n");
         }
+        if shown.tls_cert.is_none() {
+            out.push_str(
+                "# tls_cert = \"/path/to/fullchain.pem\"   # unset (with tls_key): plain ws:// and http://\n",
+            );
+            out.push_str("# tls_key = \"/path/to/privkey.pem\"\n");
+        }
         out.push_str(&body);
         out
+    }
+
+    /// Burst of the per-connection message rate.
+    pub fn message_burst(&self) -> u32 {
+        self.message_burst.unwrap_or(self.message_rate)
     }
 
     /// The idle timeout, `None` when off.

@@ -17,6 +17,10 @@ pub enum Disconnect {
     SlowConsumer,
     /// Nothing received for the idle timeout (4002).
     IdleTimeout,
+    /// Kept sending faster than the message rate (1008).
+    RateLimited,
+    /// The JWT expired and was not refreshed (4003).
+    TokenExpired,
     /// Requested by code, for close requests that arrive through an outbox.
     Other(u16),
 }
@@ -25,6 +29,8 @@ pub enum Disconnect {
 pub const SLOW_CONSUMER: u16 = 4001;
 /// Close code for an idle connection.
 pub const IDLE_TIMEOUT: u16 = 4002;
+/// Close code when the connection's token expired: reconnect with a new one.
+pub const TOKEN_EXPIRED: u16 = 4003;
 
 impl Disconnect {
     /// The close code sent to the client.
@@ -35,6 +41,8 @@ impl Disconnect {
             Self::Protocol(e) => e.close_code(),
             Self::SlowConsumer => SLOW_CONSUMER,
             Self::IdleTimeout => IDLE_TIMEOUT,
+            Self::RateLimited => close::POLICY_VIOLATION,
+            Self::TokenExpired => TOKEN_EXPIRED,
             Self::Other(c) => c,
         }
     }
@@ -49,6 +57,8 @@ impl Disconnect {
             Self::Protocol(_) => "protocol error",
             Self::SlowConsumer => "slow consumer: outbound queue full",
             Self::IdleTimeout => "idle timeout",
+            Self::RateLimited => "message rate exceeded",
+            Self::TokenExpired => "token expired",
             Self::Other(_) => "",
         }
     }

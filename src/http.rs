@@ -1,11 +1,12 @@
 //! HTTP routes: the WebSocket endpoints (`/ws`, `/echo`), `/stats` and
 //! `/healthz`. Every error is JSON: `{"error":{"code":..,"message":..}}`.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -14,6 +15,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tracing::debug;
 
+use crate::auth::{self, AuthError, Grant};
+use crate::limits::{Permit, Refusal};
 use crate::node::Node;
 use crate::session::{self, Mode};
 use crate::ws::handshake::{self, HandshakeError};
@@ -98,6 +101,20 @@ fn upgrade(node: Arc<Node>, mut req: Request, mode: Mode) -> Response {
             "server is shutting down",
         );
     }
+    let permit = match admit(&node, &req) {
+        Ok(p) => p,
+        Err(refusal) => {
+            node.stats.record_refused(refusal);
+            return refusal_response(refusal);
+        }
+    };
+    let (grant, protocol) = match authenticate(&node, &req) {
+        Ok(g) => g,
+        Err(e) => {
+            node.stats.record_refused(Refusal::Unauthorized);
+            return unauthorized(&e);
+        }
+    };
     let Some(on_upgrade) = req.extensions_mut().remove::<OnUpgrade>() else {
         return error(
             StatusCode::BAD_REQUEST,
@@ -107,6 +124,8 @@ fn upgrade(node: Arc<Node>, mut req: Request, mode: Mode) -> Response {
     };
     let tracker = node.tracker.clone();
     tracker.spawn(async move {
+        // The connection's slot in the limits, held until the session ends.
+        let _permit = permit;
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
             Err(e) => {
@@ -114,9 +133,18 @@ fn upgrade(node: Arc<Node>, mut req: Request, mode: Mode) -> Response {
                 return;
             }
         };
-        match upgraded.downcast::<TokioIo<TcpStream>>() {
-            Ok(parts) => session::run(node, parts.io.into_inner(), parts.read_buf, mode).await,
-            Err(_) => debug!("upgraded connection is not a TCP stream"),
+        // Exactly the IO types `server` gives hyper: plain TCP, or TLS over
+        // TCP. Each gets its own session type, so plain connections carry
+        // nothing of TLS.
+        let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => {
+                return session::run(node, parts.io.into_inner(), parts.read_buf, mode, grant).await;
+            }
+            Err(upgraded) => upgraded,
+        };
+        match upgraded.downcast::<TokioIo<tokio_rustls::server::TlsStream<TcpStream>>>() {
+            Ok(parts) => session::run(node, parts.io.into_inner(), parts.read_buf, mode, grant).await,
+            Err(_) => debug!("upgraded connection is neither TCP nor TLS over TCP"),
         }
     });
     let mut res = Response::new(Body::empty());
@@ -128,7 +156,80 @@ fn upgrade(node: Arc<Node>, mut req: Request, mode: Mode) -> Response {
         header::SEC_WEBSOCKET_ACCEPT,
         HeaderValue::from_str(&accept).expect("base64 is a valid header value"),
     );
+    if let Some(p) = protocol.and_then(|p| HeaderValue::from_str(&p).ok()) {
+        h.insert(header::SEC_WEBSOCKET_PROTOCOL, p);
+    }
     res
+}
+
+/// Verify the client's token when auth is configured (401 with a JSON body
+/// otherwise); also pick the subprotocol to answer with.
+fn authenticate(node: &Node, req: &Request) -> Result<(Option<Grant>, Option<String>), AuthError> {
+    let Some(verifier) = &node.auth else {
+        // No auth: select `roomcast` if offered, so browsers that offer it
+        // accept the handshake.
+        let offered = req
+            .headers()
+            .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|p| p.trim() == auth::PROTOCOL);
+        return Ok((None, offered.then(|| auth::PROTOCOL.to_owned())));
+    };
+    let presented = auth::presented(req.uri().query(), req.headers()).ok_or(AuthError::Missing)?;
+    let grant = verifier.verify(&presented.token)?;
+    Ok((Some(grant), presented.protocol))
+}
+
+fn unauthorized(e: &AuthError) -> Response {
+    let mut r = error(StatusCode::UNAUTHORIZED, "unauthorized", &e.to_string());
+    r.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    r
+}
+
+/// Apply the admission limits; a refusal is a cheap JSON response with
+/// `Retry-After` where waiting helps.
+fn admit(node: &Arc<Node>, req: &Request) -> Result<Permit, Refusal> {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |c| c.0);
+    let limits = &node.limits;
+    limits
+        .check_origin(req.headers())
+        .and_then(|()| limits.admit(limits.client_ip(peer, req.headers())))
+}
+
+/// The cheap JSON answer to a refused upgrade, with `Retry-After` where
+/// waiting helps.
+fn refusal_response(refusal: Refusal) -> Response {
+    let (status, retry, message) = match refusal {
+        Refusal::ServerFull => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some(5),
+            "the server is at its connection limit",
+        ),
+        Refusal::TooManyFromIp => (
+            StatusCode::TOO_MANY_REQUESTS,
+            Some(5),
+            "too many connections from this address",
+        ),
+        Refusal::ConnectRate { retry_after } => (
+            StatusCode::TOO_MANY_REQUESTS,
+            Some(retry_after.as_secs().max(1)),
+            "connecting too fast from this address",
+        ),
+        Refusal::Origin => (StatusCode::FORBIDDEN, None, "origin not allowed"),
+        Refusal::Unauthorized => (StatusCode::UNAUTHORIZED, None, "unauthorized"),
+    };
+    let mut r = error(status, refusal.as_str(), message);
+    if let Some(secs) = retry {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    r
 }
 
 fn handshake_error(e: HandshakeError) -> Response {

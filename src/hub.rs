@@ -33,7 +33,9 @@ struct Group {
 }
 
 type GroupMap = HashMap<Arc<str>, Arc<Group>>;
-type ConnMap = HashMap<ConnId, Arc<Outbox>>;
+/// Connections by id, each with whether it is listed (reachable by id and
+/// by broadcast; `/echo` connections are not, but shutdown still closes them).
+type ConnMap = HashMap<ConnId, (Arc<Outbox>, bool)>;
 
 /// Settings the hub needs from the configuration.
 #[derive(Debug, Clone, Copy)]
@@ -108,8 +110,9 @@ impl Hub {
     }
 
     /// Register a new connection and return its outbox (with a fresh id).
-    /// An unlisted connection (the `/echo` endpoint) is counted but cannot
-    /// be found by id, so nobody can send to it.
+    /// An unlisted connection (the `/echo` endpoint) is counted and closed
+    /// at shutdown, but cannot be found by id or reached by a broadcast, so
+    /// nobody can send to it.
     pub fn register(&self, listed: bool) -> Arc<Outbox> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let outbox = Arc::new(Outbox::new(
@@ -117,9 +120,7 @@ impl Hub {
             self.config.queue_messages,
             self.config.queue_bytes,
         ));
-        if listed {
-            lock(self.conn_shard(id)).insert(id, outbox.clone());
-        }
+        lock(self.conn_shard(id)).insert(id, (outbox.clone(), listed));
         self.stats.connection_opened();
         outbox
     }
@@ -134,7 +135,10 @@ impl Hub {
 
     /// Look up a connection by id.
     pub fn connection(&self, id: ConnId) -> Option<Arc<Outbox>> {
-        lock(self.conn_shard(id)).get(&id).cloned()
+        lock(self.conn_shard(id))
+            .get(&id)
+            .filter(|(_, listed)| *listed)
+            .map(|(o, _)| o.clone())
     }
 
     /// Add `conn` to `group` (idempotent).
@@ -231,7 +235,7 @@ impl Hub {
         let mut out = Fanout::default();
         for shard in self.conns.iter() {
             let conns = lock(shard);
-            for outbox in conns.values() {
+            for (outbox, _) in conns.values().filter(|(_, listed)| *listed) {
                 self.offer(outbox, frame, &mut out);
             }
         }
@@ -242,7 +246,7 @@ impl Hub {
     /// Ask every connection to close with `code` after what is queued.
     pub fn close_all(&self, code: Disconnect) {
         for shard in self.conns.iter() {
-            for outbox in lock(shard).values() {
+            for (outbox, _) in lock(shard).values() {
                 outbox.request_close(code.code());
             }
         }

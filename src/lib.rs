@@ -8,7 +8,9 @@
 //! - [`client`]: `roomcast client`, a command-line client speaking the
 //!   protocol (for trying and scripting a server).
 //! - [`server`]: accept loop, HTTP/1.1 connections, graceful shutdown.
+//! - [`tls`]: `wss://` and HTTPS with rustls; certificate reload on SIGHUP.
 //! - [`api`]: the HTTP server API under `/api` (publish, send, groups).
+//! - [`auth`]: JWT verification on connect, and what a token allows.
 //! - [`http`]: routes: `/ws` and `/echo` upgrades, `/stats`, `/healthz`,
 //!   and the routes of [`metrics`].
 //! - [`node`]: the shared handle of a running server (hub, broker, stats).
@@ -24,9 +26,12 @@
 //! - [`stats`]: counters behind `/stats` (a view of [`metrics`]).
 //! - [`metrics`]: Prometheus metrics at `/metrics` (lock-free recording) and
 //!   the readiness probe `/readyz`.
+//! - [`limits`]: admission limits (connection caps, connect rate, Origin,
+//!   trusted proxies) and the per-connection message rate.
 //! - [`logging`]: log setup and the per-kind limiter for repeated errors.
 
 pub mod api;
+pub mod auth;
 pub mod broker;
 pub mod client;
 pub mod config;
@@ -34,6 +39,7 @@ pub mod conn;
 pub mod disconnect;
 pub mod http;
 pub mod hub;
+pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod node;
@@ -42,4 +48,5 @@ pub mod protocol;
 pub mod server;
 pub mod session;
 pub mod stats;
+pub mod tls;
 pub mod ws;

@@ -44,6 +44,7 @@ use prometheus_client::registry::Registry;
 use crate::broker::Payload;
 use crate::disconnect::Disconnect;
 use crate::hub::Fanout;
+use crate::limits::Refusal;
 use crate::node::Node;
 use crate::protocol::ErrorCode;
 use crate::stats::Snapshot;
@@ -136,6 +137,10 @@ pub enum CloseReason {
     SocketError,
     /// The client closed TCP without a close handshake.
     Eof,
+    /// It kept sending faster than its message rate (1008).
+    RateLimited,
+    /// Its token expired without a refresh (4003).
+    TokenExpired,
     /// The session ended without reaching any of the above (its task was
     /// dropped: a panic, or the process exiting after the drain timeout).
     Aborted,
@@ -143,7 +148,7 @@ pub enum CloseReason {
 
 impl CloseReason {
     /// Every value, in index order.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 11] = [
         Self::ClientClosed,
         Self::Shutdown,
         Self::ProtocolError,
@@ -152,6 +157,8 @@ impl CloseReason {
         Self::Api,
         Self::SocketError,
         Self::Eof,
+        Self::RateLimited,
+        Self::TokenExpired,
         Self::Aborted,
     ];
 
@@ -166,6 +173,8 @@ impl CloseReason {
             Self::Api => "api",
             Self::SocketError => "socket_error",
             Self::Eof => "eof",
+            Self::RateLimited => "rate_limited",
+            Self::TokenExpired => "token_expired",
             Self::Aborted => "aborted",
         }
     }
@@ -179,18 +188,23 @@ impl From<Disconnect> for CloseReason {
             Disconnect::Protocol(_) => Self::ProtocolError,
             Disconnect::SlowConsumer => Self::SlowConsumer,
             Disconnect::IdleTimeout => Self::IdleTimeout,
+            Disconnect::RateLimited => Self::RateLimited,
+            Disconnect::TokenExpired => Self::TokenExpired,
             Disconnect::Other(_) => Self::Api,
         }
     }
 }
 
 /// Every error code, in index order (see [`error_index`]).
-const ERROR_CODES: [ErrorCode; 5] = [
+const ERROR_CODES: [ErrorCode; 8] = [
     ErrorCode::BadRequest,
     ErrorCode::InvalidGroup,
     ErrorCode::TooManyGroups,
     ErrorCode::UnknownConnection,
     ErrorCode::Internal,
+    ErrorCode::RateLimited,
+    ErrorCode::NotAllowed,
+    ErrorCode::InvalidToken,
 ];
 
 /// Position of `code` in [`ERROR_CODES`]. Exhaustive, so a new code does not
@@ -202,6 +216,9 @@ fn error_index(code: ErrorCode) -> usize {
         ErrorCode::TooManyGroups => 2,
         ErrorCode::UnknownConnection => 3,
         ErrorCode::Internal => 4,
+        ErrorCode::RateLimited => 5,
+        ErrorCode::NotAllowed => 6,
+        ErrorCode::InvalidToken => 7,
     }
 }
 
@@ -358,6 +375,8 @@ pub struct Metrics {
     deliveries: Counter,
     dropped: Counter,
     slow_consumer_disconnects: Counter,
+    /// By [`Refusal::index`].
+    refused: [Counter; Refusal::ALL.len()],
     /// By [`error_index`].
     errors: [Counter; ERROR_CODES.len()],
     fanout_seconds: AtomicHistogram,
@@ -479,6 +498,12 @@ impl Metrics {
             "slow_consumer_disconnects",
             "Connections told to close because their queue was full (disconnect policy)",
         );
+        let refused = family1(
+            r,
+            "connections_refused",
+            "WebSocket upgrades refused by the admission limits, by reason",
+        );
+        let refused = Refusal::ALL.map(|x| refused.get_or_create_owned(&[("reason", x.as_str())]));
         let errors = family1(r, "errors_sent", "Error replies sent to clients, by code");
         let errors = ERROR_CODES.map(|c| errors.get_or_create_owned(&[("code", c.as_str())]));
         let fanout_seconds = AtomicHistogram::new(&FANOUT_SECONDS, 1e9);
@@ -512,6 +537,7 @@ impl Metrics {
             deliveries,
             dropped,
             slow_consumer_disconnects,
+            refused,
             errors,
             fanout_seconds,
             outbox_depth,
@@ -627,6 +653,11 @@ impl Metrics {
         }
         self.fanout_seconds
             .observe(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX));
+    }
+
+    /// An upgrade was refused by the admission limits.
+    pub fn record_refused(&self, refusal: Refusal) {
+        self.refused[refusal.index()].inc();
     }
 
     /// An `error` frame with `code` was sent to a client.

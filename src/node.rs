@@ -6,9 +6,11 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::Auth;
 use crate::broker::{Broker, MemoryBroker};
 use crate::config::Config;
 use crate::hub::{Hub, HubConfig};
+use crate::limits::Limits;
 use crate::stats::Stats;
 
 /// Shared state of the server.
@@ -21,6 +23,10 @@ pub struct Node {
     pub broker: Arc<dyn Broker>,
     /// Counters.
     pub stats: Arc<Stats>,
+    /// Admission limits (connection caps, rates, Origin, proxies).
+    pub limits: Arc<Limits>,
+    /// Token verification for WebSocket clients, when configured.
+    pub auth: Option<Arc<Auth>>,
     /// Cancelled when shutdown starts.
     pub shutdown: CancellationToken,
     /// Every connection task, so shutdown can wait for them.
@@ -36,8 +42,15 @@ impl std::fmt::Debug for Node {
 }
 
 impl Node {
-    /// A node with the in-memory broker.
+    /// A node with the in-memory broker, for a configuration that passed
+    /// [`Config::validate`] (which checks the JWT settings too).
     pub fn new(config: Config) -> Arc<Self> {
+        let auth = Auth::from_config(&config).unwrap_or_else(|e| panic!("{e}: validate the config first"));
+        Self::with_auth(config, auth)
+    }
+
+    /// A node with the in-memory broker and a ready token verifier.
+    pub fn with_auth(config: Config, auth: Option<Arc<Auth>>) -> Arc<Self> {
         let stats = Arc::new(Stats::default());
         let hub = Arc::new(Hub::new(
             HubConfig {
@@ -49,11 +62,14 @@ impl Node {
             stats.clone(),
         ));
         let broker = Arc::new(MemoryBroker::new(hub.clone()));
+        let limits = Arc::new(Limits::new(&config));
         Arc::new(Self {
             config,
             hub,
             broker,
             stats,
+            limits,
+            auth,
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
         })

@@ -40,6 +40,12 @@ pub enum ErrorCode {
     UnknownConnection,
     /// The server could not complete the request (broker failure).
     Internal,
+    /// The connection sends faster than its message rate.
+    RateLimited,
+    /// The connection's token does not allow this group.
+    NotAllowed,
+    /// A `refresh` token is invalid or expired.
+    InvalidToken,
 }
 
 impl ErrorCode {
@@ -51,6 +57,9 @@ impl ErrorCode {
             Self::TooManyGroups => "too_many_groups",
             Self::UnknownConnection => "unknown_connection",
             Self::Internal => "internal",
+            Self::RateLimited => "rate_limited",
+            Self::NotAllowed => "not_allowed",
+            Self::InvalidToken => "invalid_token",
         }
     }
 }
@@ -106,6 +115,11 @@ pub enum Request<'a> {
     },
     /// Application-level ping.
     Ping,
+    /// Replace the connection's token with a newer one.
+    Refresh {
+        /// The new JWT.
+        token: Cow<'a, str>,
+    },
 }
 
 /// A publication payload as received.
@@ -140,6 +154,8 @@ struct Envelope<'a> {
     to: Option<&'a RawValue>,
     #[serde(default, borrow, deserialize_with = "present")]
     data: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    token: Option<&'a RawValue>,
 }
 
 /// Keep a present field (even `null`) as `Some(raw)`.
@@ -255,6 +271,9 @@ pub fn parse_text(text: &str) -> Result<TextRequest<'_>, RequestError<'_>> {
             data: data("data")?,
         },
         "ping" => Request::Ping,
+        "refresh" => Request::Refresh {
+            token: string_field(id, env.token, "token")?,
+        },
         other => {
             let shown: String = other.chars().take(32).collect();
             return Err(RequestError::new(
@@ -359,10 +378,11 @@ pub fn error(e: &RequestError<'_>) -> Bytes {
     out.finish(OP_TEXT)
 }
 
-/// `{"type":"message","group":"G","from":"<id>","data":<data>}`; `group` is
-/// absent for a direct message and `from` for a server-side publication.
+/// `{"type":"message","group":"G","from":"<id>","user":"<sub>","data":<data>}`;
+/// `group` is absent for a direct message, `from` for a server-side
+/// publication, `user` when the publisher did not authenticate.
 /// `data` must be valid JSON text.
-pub fn message_json(group: Option<&str>, from: Option<ConnId>, data: &[u8]) -> Bytes {
+pub fn message_json(group: Option<&str>, from: Option<ConnId>, user: Option<&str>, data: &[u8]) -> Bytes {
     let mut out = FramePayload::with_capacity(48 + group.map_or(0, str::len) + data.len());
     out.extend_from_slice(br#"{"type":"message""#);
     if let Some(g) = group {
@@ -373,6 +393,10 @@ pub fn message_json(group: Option<&str>, from: Option<ConnId>, data: &[u8]) -> B
         let mut s = String::with_capacity(32);
         let _ = write!(s, r#","from":"{from}""#);
         out.extend_from_slice(s.as_bytes());
+    }
+    if let Some(user) = user {
+        out.extend_from_slice(br#","user":"#);
+        json_str(&mut out, user);
     }
     out.extend_from_slice(br#","data":"#);
     out.extend_from_slice(data);
@@ -524,7 +548,7 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(payload(&error(&e))).unwrap();
         assert_eq!(v["code"], "too_many_groups");
         assert_eq!(v["message"], "say \"no\"");
-        let m = message_json(Some("g\"1"), Some(7), br#"{"k":1}"#);
+        let m = message_json(Some("g\"1"), Some(7), None, br#"{"k":1}"#);
         let v: serde_json::Value = serde_json::from_str(payload(&m)).unwrap();
         assert_eq!(
             v,

@@ -4,6 +4,11 @@
 //! the raw TCP stream to a session (see [`crate::http`]). Every connection
 //! task is spawned on the node's `TaskTracker`, so shutdown can wait for
 //! upgraded sessions too, which axum's own graceful shutdown would not.
+//!
+//! With a certificate configured ([`crate::tls`]) every connection is TLS:
+//! the handshake runs in the connection's own task (a slow client never
+//! holds up the accept loop), bounded by the handshake timeout, and SIGHUP
+//! reloads the certificate for new connections.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -12,16 +17,19 @@ use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
-use tracing::{info, warn};
+use tracing::{debug, error, info, warn};
 
+use crate::auth::Auth;
 use crate::config::Config;
 use crate::disconnect::Disconnect;
 use crate::node::Node;
+use crate::tls::Tls;
 
-/// A client must finish sending its request headers within this time.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Listen backlog, large enough for connection ramps in benchmarks.
 const BACKLOG: u32 = 4096;
 
@@ -30,12 +38,19 @@ const BACKLOG: u32 = 4096;
 pub struct Server {
     listener: TcpListener,
     node: Arc<Node>,
+    /// Present when a certificate is configured: then every connection is
+    /// TLS.
+    tls: Option<Arc<Tls>>,
 }
 
 impl Server {
     /// Validate `config` and bind its listen address.
     pub async fn bind(config: Config) -> anyhow::Result<Self> {
         config.validate()?;
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(Arc::new(Tls::load(cert, key)?)),
+            _ => None,
+        };
         let addr = config.listen;
         let socket = if addr.is_ipv4() {
             TcpSocket::new_v4()?
@@ -49,7 +64,8 @@ impl Server {
         let listener = socket.listen(BACKLOG)?;
         Ok(Self {
             listener,
-            node: Node::new(config),
+            node: Node::with_auth(config.clone(), Auth::from_config(&config)?),
+            tls,
         })
     }
 
@@ -63,13 +79,26 @@ impl Server {
         &self.node
     }
 
+    /// The TLS state, when a certificate is configured. SIGHUP calls its
+    /// [`Tls::reload`]; holding a clone lets a caller reload too.
+    pub fn tls(&self) -> Option<&Arc<Tls>> {
+        self.tls.as_ref()
+    }
+
     /// Serve until `shutdown` completes, then drain: stop accepting, flush
     /// every client's queue and close it with 1001, wait at most the drain
-    /// timeout for sessions to end.
+    /// timeout for sessions to end. With TLS, SIGHUP reloads the
+    /// certificate meanwhile.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        let Self { listener, node } = self;
-        info!(addr = %listener.local_addr()?, "roomcast listening (WebSocket on /ws)");
-        let accept = tokio::spawn(accept_loop(listener, node.clone()));
+        let Self { listener, node, tls } = self;
+        if let Some(tls) = &tls {
+            // Registered before the first accept, so a SIGHUP sent once the
+            // server answers never hits the default action (exit).
+            spawn_reload_on_sighup(tls.clone(), node.shutdown.clone());
+        }
+        let scheme = if tls.is_some() { "wss" } else { "ws" };
+        info!(addr = %listener.local_addr()?, "roomcast listening ({scheme}:// on /ws)");
+        let accept = tokio::spawn(accept_loop(listener, node.clone(), tls));
         shutdown.await;
         info!("shutting down: closing connections");
         node.shutdown.cancel();
@@ -88,7 +117,32 @@ impl Server {
     }
 }
 
-async fn accept_loop(listener: TcpListener, node: Arc<Node>) {
+/// Reload the certificate on every SIGHUP until shutdown. A failed reload
+/// keeps the certificate in use.
+fn spawn_reload_on_sighup(tls: Arc<Tls>, shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot listen for SIGHUP: TLS certificate reload disabled");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = hup.recv() => if r.is_none() { return },
+            }
+            match tls.reload() {
+                Ok(()) => info!(cert = %tls.cert_path().display(), "SIGHUP: TLS certificate reloaded"),
+                Err(e) => error!(error = %e, "SIGHUP: TLS reload failed; keeping the previous certificate"),
+            }
+        }
+    });
+}
+
+async fn accept_loop(listener: TcpListener, node: Arc<Node>, tls: Option<Arc<Tls>>) {
     let router = crate::http::router(node.clone());
     loop {
         let accepted = tokio::select! {
@@ -101,9 +155,23 @@ async fn accept_loop(listener: TcpListener, node: Arc<Node>) {
                     let _ =
                         socket2::SockRef::from(&stream).set_send_buffer_size(node.config.socket_send_buffer);
                 }
+                let _ = stream.set_nodelay(true);
                 let router = router.clone();
                 let token = node.shutdown.clone();
-                node.tracker.spawn(serve_http(stream, peer, router, token));
+                let timeout = node.config.handshake_timeout;
+                // Two task types, so a plain connection's future does not
+                // carry room for a TLS handshake.
+                match &tls {
+                    None => {
+                        let io = TokioIo::new(stream);
+                        node.tracker.spawn(serve_http(io, peer, router, token, timeout));
+                    }
+                    Some(tls) => {
+                        let acceptor = tls.acceptor();
+                        node.tracker
+                            .spawn(serve_tls(acceptor, stream, peer, router, token, timeout));
+                    }
+                }
             }
             Err(e) => {
                 // Usually out of file descriptors: back off a little so the
@@ -115,13 +183,46 @@ async fn accept_loop(listener: TcpListener, node: Arc<Node>) {
     }
 }
 
-async fn serve_http(
+/// Complete the TLS handshake within `timeout`, then serve HTTP over it.
+/// A client that fails the handshake (a plain HTTP request, an unknown CA,
+/// no common version) or never finishes it is dropped.
+async fn serve_tls(
+    acceptor: TlsAcceptor,
     stream: TcpStream,
     peer: SocketAddr,
     router: axum::Router,
-    token: tokio_util::sync::CancellationToken,
+    token: CancellationToken,
+    timeout: Duration,
 ) {
-    let _ = stream.set_nodelay(true);
+    let handshake = tokio::time::timeout(timeout, acceptor.accept(stream));
+    let stream = tokio::select! {
+        _ = token.cancelled() => return,
+        r = handshake => match r {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                debug!(%peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                debug!(%peer, "TLS handshake timed out");
+                return;
+            }
+        },
+    };
+    serve_http(TokioIo::new(stream), peer, router, token, timeout).await;
+}
+
+/// Serve HTTP/1.1 on one connection until it ends, is upgraded, or
+/// shutdown starts. `header_timeout` bounds the wait for request headers.
+async fn serve_http<S>(
+    io: TokioIo<S>,
+    peer: SocketAddr,
+    router: axum::Router,
+    token: CancellationToken,
+    header_timeout: Duration,
+) where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
     let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         // The API's loopback rule needs the peer address.
         req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
@@ -129,8 +230,8 @@ async fn serve_http(
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .serve_connection(TokioIo::new(stream), service)
+        .header_read_timeout(header_timeout)
+        .serve_connection(io, service)
         .with_upgrades();
     tokio::pin!(conn);
     tokio::select! {

@@ -10,10 +10,12 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tracing::debug;
 
+use crate::auth::Grant;
 use crate::broker::{BrokerError, Payload, Publication, Target};
 use crate::conn::{Conn, ConnError, Incoming};
 use crate::disconnect::Disconnect;
 use crate::hub::Hub;
+use crate::limits::{MessageBucket, RateVerdict};
 use crate::metrics::{CloseReason, Protocol, Source};
 use crate::node::Node;
 use crate::outbox::Outbox;
@@ -39,7 +41,7 @@ static PING: [u8; 2] = [0x89, 0x00];
 
 /// Run a session on an upgraded stream until it ends.
 /// `early` holds bytes the client sent right after its handshake.
-pub async fn run<S>(node: Arc<Node>, io: S, early: Bytes, mode: Mode)
+pub async fn run<S>(node: Arc<Node>, io: S, early: Bytes, mode: Mode, grant: Option<Grant>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -63,6 +65,10 @@ where
         },
         mode,
         next_ping: None,
+        expires: grant.as_ref().map(|g| Instant::now() + g.remaining()),
+        grant,
+        rate: (node.config.message_rate > 0)
+            .then(|| MessageBucket::new(node.config.message_rate, node.config.message_burst())),
     };
     let reason = session.serve(early).await;
     debug!(conn = id, ?reason, "connection closed");
@@ -85,6 +91,13 @@ struct Session<S> {
     membership: Membership,
     mode: Mode,
     next_ping: Option<Instant>,
+    /// What the client's token allows (`None`: auth is off).
+    grant: Option<Grant>,
+    /// When the token expires; the connection closes then (4003).
+    expires: Option<Instant>,
+    /// Message rate of this connection (`None`: unlimited). Not applied on
+    /// `/echo`, whose replies TCP backpressure already bounds.
+    rate: Option<MessageBucket>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
@@ -140,7 +153,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                         .record_message_in(Source::Ws, Protocol::Json, text.len());
                     match self.mode {
                         Mode::Echo => self.echo(OP_TEXT, text),
-                        Mode::Protocol => self.on_text(text).await,
+                        Mode::Protocol => match self.rate_check() {
+                            RateVerdict::Allow => self.on_text(text).await,
+                            RateVerdict::Reject => self.reject_text(&text),
+                            RateVerdict::Close => return self.close(Disconnect::RateLimited).await,
+                        },
                     }
                 }
                 Incoming::Event(Event::Binary(bin)) => {
@@ -149,10 +166,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                         .record_message_in(Source::Ws, Protocol::Binary, bin.len());
                     match self.mode {
                         Mode::Echo => self.echo(OP_BINARY, bin),
-                        Mode::Protocol => self.on_binary(bin).await,
+                        Mode::Protocol => match self.rate_check() {
+                            RateVerdict::Allow => self.on_binary(bin).await,
+                            RateVerdict::Reject => self.reply_error(&rate_limited(None)),
+                            RateVerdict::Close => return self.close(Disconnect::RateLimited).await,
+                        },
                     }
                 }
-                Incoming::CloseRequested(code) => return self.close(Disconnect::from_request(code)).await,
+                Incoming::CloseRequested(code) => {
+                    // A request that came with a reason text is the HTTP
+                    // API's, whatever its code; the rest are the server's own.
+                    let reason = match self.outbox.close_reason() {
+                        Some(_) => Disconnect::Other(code),
+                        None => Disconnect::from_request(code),
+                    };
+                    return self.close(reason).await;
+                }
                 Incoming::Timer => {
                     if let Some(reason) = self.heartbeat() {
                         return self.close(reason).await;
@@ -191,6 +220,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Ping when due; close when the client has been silent too long.
     fn heartbeat(&mut self) -> Option<Disconnect> {
         let now = Instant::now();
+        if self.expires.is_some_and(|e| now >= e) {
+            return Some(Disconnect::TokenExpired);
+        }
         if let Some(idle) = self.node.config.idle()
             && now >= self.conn.last_seen() + idle
         {
@@ -212,9 +244,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        let deadline = match (deadline, self.expires) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         if let Some(d) = deadline {
             self.conn.set_timer(d);
         }
+    }
+
+    fn rate_check(&mut self) -> RateVerdict {
+        self.rate
+            .as_mut()
+            .map_or(RateVerdict::Allow, MessageBucket::check)
+    }
+
+    /// Answer a text request refused by the rate limit, keeping its id.
+    fn reject_text(&self, text: &Bytes) {
+        let s = std::str::from_utf8(text).unwrap_or("");
+        let id = protocol::parse_text(s).ok().and_then(|r| r.id);
+        self.reply_error(&rate_limited(id));
     }
 
     fn echo(&mut self, opcode: u8, payload: Bytes) {
@@ -273,6 +322,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         };
         match req {
             Request::Join { group } => {
+                if self.grant.as_ref().is_some_and(|g| !g.join.allows(&group)) {
+                    return Err(err(
+                        ErrorCode::NotAllowed,
+                        format!("your token does not allow joining '{group}'"),
+                    ));
+                }
                 if !self.membership.groups.iter().any(|g| **g == *group) {
                     let max = self.node.config.max_groups_per_connection;
                     if self.membership.groups.len() >= max {
@@ -300,6 +355,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 Ok(())
             }
             Request::Publish { group, data } => {
+                if self.grant.as_ref().is_some_and(|g| !g.publish.allows(&group)) {
+                    return Err(err(
+                        ErrorCode::NotAllowed,
+                        format!("your token does not allow publishing to '{group}'"),
+                    ));
+                }
                 let name = self
                     .membership
                     .groups
@@ -335,6 +396,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     Err(e) => Err(err(ErrorCode::Internal, e.to_string())),
                 }
             }
+            Request::Refresh { token } => {
+                let Some(verifier) = self.node.auth.clone() else {
+                    return Err(err(
+                        ErrorCode::BadRequest,
+                        "authentication is not enabled on this server".into(),
+                    ));
+                };
+                let new = verifier
+                    .verify(&token)
+                    .map_err(|e| err(ErrorCode::InvalidToken, e.to_string()))?;
+                let current = self.grant.as_ref().and_then(|g| g.user.clone());
+                if new.user != current {
+                    return Err(err(
+                        ErrorCode::NotAllowed,
+                        "the new token is for another user".into(),
+                    ));
+                }
+                self.expires = Some(Instant::now() + new.remaining());
+                self.grant = Some(new);
+                self.arm_timer();
+                Ok(())
+            }
             Request::Ping => {
                 self.outbox.push_reply(protocol::pong(id));
                 return Ok(Reply::Sent);
@@ -347,6 +430,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let publication = Publication {
             target,
             from: Some(self.outbox.id()),
+            user: self.grant.as_ref().and_then(|g| g.user.clone()),
             payload,
         };
         self.node.broker.publish(publication).await.map(|_| ())
@@ -388,5 +472,13 @@ impl Drop for Membership {
             self.hub.leave(&name, self.outbox.id());
         }
         self.hub.unregister(self.outbox.id(), self.reason);
+    }
+}
+
+fn rate_limited(id: Option<&RawValue>) -> RequestError<'_> {
+    RequestError {
+        id,
+        code: ErrorCode::RateLimited,
+        message: "message rate exceeded; slow down".into(),
     }
 }

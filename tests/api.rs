@@ -104,6 +104,18 @@ async fn broadcast_send_and_disconnect() {
     let (_, frame) = recv_until_close(&mut a).await;
     let frame = frame.unwrap();
     assert_eq!((u16::from(frame.code), frame.reason.as_str()), (4100, "kicked"));
+    // A code the server also uses itself keeps the caller's reason.
+    let (mut c, c_id) = connect(&server).await;
+    let (status, _) = api_post(
+        server.addr,
+        "/api/disconnect",
+        json!({"conn": c_id, "code": 4001, "reason": "go away"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (_, frame) = recv_until_close(&mut c).await;
+    let frame = frame.unwrap();
+    assert_eq!((u16::from(frame.code), frame.reason.as_str()), (4001, "go away"));
     // Default code 4000.
     let (status, _) = api_post(server.addr, "/api/disconnect", json!({"conn": b_id})).await;
     assert_eq!(status, 200);
@@ -184,6 +196,23 @@ async fn client_mistakes_get_4xx_with_json_bodies() {
     let json_ct = [("Content-Type", "application/json")];
     type Case<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>, Vec<u8>, u16, &'a str);
     let cases: Vec<Case> = vec![
+        (
+            "POST",
+            "/api/publish",
+            json_ct.to_vec(),
+            br#"["g", 1]"#.to_vec(),
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/api/publish?group=a&group=b",
+            vec![("Content-Type", "application/octet-stream")],
+            b"x".to_vec(),
+            400,
+            "bad_request",
+        ),
+        ("GET", "/api/groups/%FF", vec![], vec![], 400, "invalid_group"),
         (
             "POST",
             "/api/publish",
@@ -317,6 +346,20 @@ async fn api_key_is_required_when_configured() {
         .await
         .0,
         401
+    );
+    // The scheme name is case-insensitive (RFC 9110).
+    let lower = format!("bearer {key}");
+    assert_eq!(
+        http(
+            server.addr,
+            "POST",
+            "/api/publish",
+            &[ct, ("Authorization", &lower)],
+            body
+        )
+        .await
+        .0,
+        200
     );
     let good = format!("Bearer {key}");
     let (status, text) = http(

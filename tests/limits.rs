@@ -109,6 +109,8 @@ async fn slow_consumer_is_disconnected_and_others_lose_nothing() {
     let server = start(Config {
         queue_messages: 16,
         queue_bytes: 64 * 1024,
+        // 3000 publishes in lockstep can exceed the default message rate.
+        message_rate: 0,
         ..config()
     })
     .await;
@@ -145,6 +147,8 @@ async fn slow_consumer_under_drop_policy_skips_messages_and_stays() {
     let server = start(Config {
         queue_messages: 16,
         queue_bytes: 64 * 1024,
+        // 3000 publishes in lockstep can exceed the default message rate.
+        message_rate: 0,
         slow_consumer: SlowConsumerPolicy::Drop,
         ..config()
     })
@@ -280,7 +284,11 @@ async fn no_leak_after_1000_connect_join_disconnect_cycles() {
 
 #[tokio::test]
 async fn nothing_follows_the_close_frame_even_under_traffic() {
-    let server = start(config()).await;
+    let server = start(Config {
+        message_rate: 0,
+        ..config()
+    })
+    .await;
     let mut raw = RawClient::connect_small_rcvbuf(server.addr, "/ws").await;
     let welcome = raw.frame().await.unwrap();
     assert_eq!(welcome.opcode, 1);
@@ -345,6 +353,8 @@ async fn a_reading_client_under_drop_policy_is_not_timed_out() {
     let server = start(Config {
         queue_messages: 8,
         slow_consumer: SlowConsumerPolicy::Drop,
+        // The publisher floods on purpose; this test is not about its rate.
+        message_rate: 0,
         ping_interval: Duration::from_millis(500),
         idle_timeout: Duration::from_secs(3),
         ..config()

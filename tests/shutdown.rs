@@ -14,6 +14,7 @@ async fn shutdown_flushes_queues_then_closes_1001() {
     let mut server = start(config()).await;
     let (mut sub, _) = connect(&server).await;
     let (mut idle, _) = connect(&server).await;
+    let mut echo = RawClient::connect(server.addr, "/echo").await;
     let (mut publisher, _) = connect(&server).await;
     request(&mut sub, json!({"type":"join","group":"g","id":1})).await;
     // 200 messages queued for `sub`, which is not reading yet.
@@ -42,6 +43,9 @@ async fn shutdown_flushes_queues_then_closes_1001() {
         "everything queued arrives before the close"
     );
     assert_eq!(close_code(&mut idle).await, 1001);
+    // Echo connections are closed too.
+    let f = echo.frame().await.unwrap();
+    assert_eq!((f.opcode, &f.payload[..2]), (8, &1001u16.to_be_bytes()[..]));
     assert_eq!(close_code(&mut publisher).await, 1001);
     server.join().await;
 }

@@ -50,6 +50,8 @@ pub struct Publication {
     pub target: Target,
     /// The publishing connection, if a client published it.
     pub from: Option<ConnId>,
+    /// The publisher's user (JWT `sub`), if it authenticated.
+    pub user: Option<Arc<str>>,
     /// The payload.
     pub payload: Payload,
 }
@@ -86,7 +88,7 @@ pub fn deliver_local(hub: &Hub, p: &Publication) -> Result<Fanout, BrokerError> 
         _ => None,
     };
     let frame = match &p.payload {
-        Payload::Json(data) => protocol::message_json(group, p.from, data),
+        Payload::Json(data) => protocol::message_json(group, p.from, p.user.as_deref(), data),
         Payload::Binary(data) => protocol::message_binary(group.unwrap_or(""), data),
     };
     match &p.target {

@@ -146,8 +146,10 @@ pub async fn send_text(ws: &mut Ws, s: &str) {
 
 /// Next data message (pings are skipped), with a timeout.
 pub async fn recv(ws: &mut Ws) -> Message {
+    // One deadline for the whole wait: pings arriving must not extend it.
+    let deadline = tokio::time::Instant::now() + STEP;
     loop {
-        let m = tokio::time::timeout(STEP, ws.next())
+        let m = tokio::time::timeout_at(deadline, ws.next())
             .await
             .expect("timed out waiting for a message")
             .expect("stream ended")
@@ -380,4 +382,167 @@ pub async fn api_get(addr: SocketAddr, path: &str) -> (u16, Value) {
         status,
         serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}")),
     )
+}
+
+/// Run an already bound server (for tests that need the [`Server`] itself
+/// before it runs, e.g. its TLS handle).
+pub fn run_bound(server: Server) -> TestServer {
+    let addr = server.local_addr();
+    let node = server.node().clone();
+    let (tx, rx) = oneshot::channel();
+    let task = tokio::spawn(server.run(async {
+        let _ = rx.await;
+    }));
+    TestServer {
+        addr,
+        node,
+        stop: Some(tx),
+        task,
+    }
+}
+
+// ---- helpers of tests/hostile.rs ----
+
+/// Resident set size of this whole process (the server and every test
+/// client share it), from `/proc/self/status`, in bytes.
+pub fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/self/status");
+    kib * 1024
+}
+
+/// The WebSocket upgrade request [`RawClient`] sends, for clients that
+/// send it in pieces or not at all.
+pub fn upgrade_request(addr: SocketAddr, path: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+}
+
+/// Make dropping `tcp` reset the connection (RST) instead of closing it
+/// (FIN): the most abrupt way a client can vanish.
+pub fn reset_on_drop(tcp: &TcpStream) {
+    socket2::SockRef::from(tcp)
+        .set_linger(Some(Duration::ZERO))
+        .expect("SO_LINGER");
+}
+
+impl RawClient {
+    /// Write bytes as they are: malformed or partial frames.
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.tcp.write_all(bytes).await.unwrap();
+    }
+
+    /// Read until the server's Close frame; returns the frames before it
+    /// (Pings excluded) and the close code (`None` on EOF without Close).
+    pub async fn until_close(&mut self) -> (Vec<RawFrame>, Option<u16>) {
+        let mut before = Vec::new();
+        while let Some(f) = self.frame().await {
+            match f.opcode {
+                0x8 => {
+                    let code =
+                        (f.payload.len() >= 2).then(|| u16::from_be_bytes([f.payload[0], f.payload[1]]));
+                    return (before, code);
+                }
+                0x9 | 0xA => {}
+                _ => before.push(f),
+            }
+        }
+        (before, None)
+    }
+
+    /// The next frame that is not a Ping or Pong, parsed as JSON.
+    pub async fn json(&mut self) -> Value {
+        loop {
+            let f = self.frame().await.expect("a frame before EOF");
+            match f.opcode {
+                0x9 | 0xA => continue,
+                0x1 => return serde_json::from_slice(&f.payload).expect("server sent JSON"),
+                op => panic!("expected a text frame, got opcode {op}: {f:?}"),
+            }
+        }
+    }
+}
+
+/// Server frames read from one half of a split socket, for a client that
+/// writes and reads concurrently.
+pub struct FrameReader<R> {
+    io: R,
+    buf: Vec<u8>,
+}
+
+impl RawClient {
+    /// Split into a frame reader and the raw write half.
+    pub fn split(self) -> (FrameReader<tokio::net::tcp::OwnedReadHalf>, tokio::net::tcp::OwnedWriteHalf) {
+        let (rd, wr) = self.tcp.into_split();
+        (FrameReader { io: rd, buf: self.buf }, wr)
+    }
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> FrameReader<R> {
+    /// The next frame, or `None` at EOF.
+    pub async fn frame(&mut self) -> Option<RawFrame> {
+        loop {
+            if let Some((frame, used)) = parse_server_frame(&self.buf) {
+                self.buf.drain(..used);
+                return Some(frame);
+            }
+            let mut chunk = vec![0u8; 64 * 1024];
+            let n = tokio::time::timeout(STEP, self.io.read(&mut chunk))
+                .await
+                .expect("timed out reading a frame")
+                .unwrap_or(0);
+            if n == 0 {
+                assert!(self.buf.is_empty(), "EOF inside a frame");
+                return None;
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// The next frame that is not a Ping or Pong, parsed as JSON.
+    pub async fn json(&mut self) -> Value {
+        loop {
+            let f = self.frame().await.expect("a frame before EOF");
+            match f.opcode {
+                0x9 | 0xA => continue,
+                0x1 => return serde_json::from_slice(&f.payload).expect("server sent JSON"),
+                op => panic!("expected a text frame, got opcode {op}: {f:?}"),
+            }
+        }
+    }
+
+    /// Read until the server's Close frame; returns the frames before it
+    /// (Pings excluded) and the close code (`None` on EOF without Close).
+    pub async fn until_close(&mut self) -> (Vec<RawFrame>, Option<u16>) {
+        let mut before = Vec::new();
+        while let Some(f) = self.frame().await {
+            match f.opcode {
+                0x8 => {
+                    let code = (f.payload.len() >= 2).then(|| u16::from_be_bytes([f.payload[0], f.payload[1]]));
+                    return (before, code);
+                }
+                0x9 | 0xA => {}
+                _ => before.push(f),
+            }
+        }
+        (before, None)
+    }
+}
+
+impl RawClient {
+    /// Connect with tiny socket buffers both ways: the client's writes
+    /// block as soon as the server stops reading, and the server's as soon
+    /// as this client stops reading.
+    pub async fn connect_small_buffers(addr: SocketAddr, path: &str) -> Self {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.set_recv_buffer_size(4096).unwrap();
+        sock.set_send_buffer_size(4096).unwrap();
+        Self::handshake(sock.connect(addr).await.unwrap(), addr, path).await
+    }
 }

@@ -1,0 +1,399 @@
+//! Limits against abuse at the door: a global connection cap, a cap and a
+//! connect rate per client IP, the browser Origin allow-list, and which
+//! proxies may name the client in `X-Forwarded-For`. Also the per-connection
+//! message rate bucket used by sessions.
+//!
+//! Everything here is checked before the WebSocket upgrade, so a refused
+//! client costs one small HTTP response and no session. A connection that
+//! is admitted holds a [`Permit`]; dropping it gives its slot back.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use http::HeaderMap;
+use ipnet::IpNet;
+use tokio::time::Instant;
+
+use crate::config::Config;
+
+/// Why an upgrade was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The server holds `max_connections` already (503).
+    ServerFull,
+    /// This IP holds `max_connections_per_ip` already (429).
+    TooManyFromIp,
+    /// This IP connects faster than `connect_rate_per_ip` (429).
+    ConnectRate {
+        /// When to try again.
+        retry_after: Duration,
+    },
+    /// The `Origin` header is not in the allow-list (403).
+    Origin,
+    /// No valid token (401; counted here, decided in [`crate::auth`]).
+    Unauthorized,
+}
+
+impl Refusal {
+    /// Label for metrics and the error code in the response.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ServerFull => "server_full",
+            Self::TooManyFromIp => "too_many_connections_from_ip",
+            Self::ConnectRate { .. } => "connect_rate_exceeded",
+            Self::Origin => "origin_not_allowed",
+            Self::Unauthorized => "unauthorized",
+        }
+    }
+
+    /// Every reason, for pre-created metric labels.
+    pub const ALL: [Refusal; 5] = [
+        Self::ServerFull,
+        Self::TooManyFromIp,
+        Self::ConnectRate {
+            retry_after: Duration::ZERO,
+        },
+        Self::Origin,
+        Self::Unauthorized,
+    ];
+
+    /// Index into [`Refusal::ALL`].
+    pub fn index(self) -> usize {
+        match self {
+            Self::ServerFull => 0,
+            Self::TooManyFromIp => 1,
+            Self::ConnectRate { .. } => 2,
+            Self::Origin => 3,
+            Self::Unauthorized => 4,
+        }
+    }
+}
+
+/// Admission state shared by the whole server.
+#[derive(Debug)]
+pub struct Limits {
+    max_connections: usize,
+    max_per_ip: usize,
+    /// Admitted connections, counted from admission (before the session
+    /// registers) so that a burst of upgrades cannot overshoot the cap.
+    open: AtomicUsize,
+    /// Open connections per client IP; an entry goes when its count is 0.
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    connect_rate: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    allowed_origins: Vec<String>,
+    trusted_proxies: Vec<IpNet>,
+}
+
+/// One admitted connection's slot; dropping it frees the slot.
+#[derive(Debug)]
+pub struct Permit {
+    limits: Arc<Limits>,
+    ip: IpAddr,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.limits.open.fetch_sub(1, Ordering::AcqRel);
+        if self.limits.max_per_ip > 0 {
+            let mut map = self.limits.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = map.get_mut(&self.ip) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(&self.ip);
+                }
+            }
+        }
+    }
+}
+
+impl Limits {
+    /// Limits from a validated configuration.
+    pub fn new(config: &Config) -> Self {
+        let connect_rate = NonZeroU32::new(config.connect_rate_per_ip)
+            .map(|r| RateLimiter::keyed(Quota::per_second(r).allow_burst(r)));
+        Self {
+            max_connections: config.max_connections,
+            max_per_ip: config.max_connections_per_ip,
+            open: AtomicUsize::new(0),
+            per_ip: Mutex::new(HashMap::new()),
+            connect_rate,
+            allowed_origins: config
+                .allowed_origin
+                .iter()
+                .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
+                .collect(),
+            trusted_proxies: config
+                .trusted_proxy
+                .iter()
+                .filter_map(|c| parse_cidr(c).ok())
+                .collect(),
+        }
+    }
+
+    /// The client's address: the TCP peer, or, when the peer is a trusted
+    /// proxy, the nearest address in `X-Forwarded-For` that is not one.
+    pub fn client_ip(&self, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+        let mut ip = peer.ip().to_canonical();
+        if !self.is_trusted(ip) {
+            return ip;
+        }
+        // Walk from the right: each trusted hop vouches for the one before.
+        let hops = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .collect::<Vec<_>>();
+        for hop in hops.iter().rev() {
+            match hop.parse::<IpAddr>() {
+                Ok(addr) => {
+                    ip = addr.to_canonical();
+                    if !self.is_trusted(ip) {
+                        break;
+                    }
+                }
+                // A garbled entry: trust nothing further left.
+                Err(_) => break,
+            }
+        }
+        ip
+    }
+
+    fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|net| net.contains(&ip))
+    }
+
+    /// Check the `Origin` header against the allow-list (empty: all
+    /// allowed). Clients that send no Origin (not browsers) are allowed.
+    pub fn check_origin(&self, headers: &HeaderMap) -> Result<(), Refusal> {
+        if self.allowed_origins.is_empty() {
+            return Ok(());
+        }
+        match headers.get(http::header::ORIGIN).and_then(|v| v.to_str().ok()) {
+            None => Ok(()),
+            Some(o) => {
+                let o = o.trim_end_matches('/').to_ascii_lowercase();
+                if self.allowed_origins.contains(&o) {
+                    Ok(())
+                } else {
+                    Err(Refusal::Origin)
+                }
+            }
+        }
+    }
+
+    /// Admit a connection from `ip`, or say why not.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Permit, Refusal> {
+        if let Some(rl) = &self.connect_rate
+            && let Err(not_until) = rl.check_key(&ip)
+        {
+            let retry_after = not_until.wait_time_from(governor::clock::Clock::now(rl.clock()));
+            return Err(Refusal::ConnectRate { retry_after });
+        }
+        let open = self.open.fetch_add(1, Ordering::AcqRel);
+        if self.max_connections > 0 && open >= self.max_connections {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            return Err(Refusal::ServerFull);
+        }
+        if self.max_per_ip > 0 {
+            let mut map = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+            let n = map.entry(ip).or_insert(0);
+            if *n >= self.max_per_ip {
+                drop(map);
+                self.open.fetch_sub(1, Ordering::AcqRel);
+                return Err(Refusal::TooManyFromIp);
+            }
+            *n += 1;
+        }
+        Ok(Permit {
+            limits: self.clone(),
+            ip,
+        })
+    }
+
+    /// Forget connect-rate state of IPs not seen lately (bounds memory
+    /// under a flood of distinct addresses). Call periodically.
+    pub fn forget_idle(&self) {
+        if let Some(rl) = &self.connect_rate {
+            rl.retain_recent();
+            rl.shrink_to_fit();
+        }
+    }
+}
+
+/// Parse `10.0.0.0/8` or a bare address (a /32 or /128).
+pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
+    s.parse::<IpNet>()
+        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("'{s}' is not an IP address or CIDR range"))
+}
+
+/// Per-connection message rate: a token bucket, plus a count of rejected
+/// messages in the current second to spot a client that keeps pushing.
+#[derive(Debug)]
+pub struct MessageBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+    window_start: Instant,
+    rejected_in_window: u32,
+}
+
+/// What the bucket says about one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateVerdict {
+    /// Within the rate.
+    Allow,
+    /// Over the rate: answer `rate_limited`, do not serve it.
+    Reject,
+    /// Over the rate again and again (more rejected messages within a
+    /// second than the burst): close the connection with 1008.
+    Close,
+}
+
+impl MessageBucket {
+    /// A full bucket; `rate` messages per second, `burst` at once.
+    pub fn new(rate: u32, burst: u32) -> Self {
+        let now = Instant::now();
+        Self {
+            rate: f64::from(rate),
+            burst: f64::from(burst.max(1)),
+            tokens: f64::from(burst.max(1)),
+            last: now,
+            window_start: now,
+            rejected_in_window: 0,
+        }
+    }
+
+    /// Take a token for one message.
+    pub fn check(&mut self) -> RateVerdict {
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            return RateVerdict::Allow;
+        }
+        if now.saturating_duration_since(self.window_start) >= Duration::from_secs(1) {
+            self.window_start = now;
+            self.rejected_in_window = 0;
+        }
+        self.rejected_in_window += 1;
+        if f64::from(self.rejected_in_window) > self.burst {
+            RateVerdict::Close
+        } else {
+            RateVerdict::Reject
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(f: impl FnOnce(&mut Config)) -> Arc<Limits> {
+        let mut c = Config::default();
+        f(&mut c);
+        Arc::new(Limits::new(&c))
+    }
+
+    #[test]
+    fn caps_per_ip_and_global_and_slots_come_back() {
+        let l = limits(|c| {
+            c.max_connections = 3;
+            c.max_connections_per_ip = 2;
+            c.connect_rate_per_ip = 0;
+        });
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let p1 = l.admit(a).unwrap();
+        let _p2 = l.admit(a).unwrap();
+        assert_eq!(l.admit(a).unwrap_err(), Refusal::TooManyFromIp);
+        let _p3 = l.admit(b).unwrap();
+        assert_eq!(l.admit(b).unwrap_err(), Refusal::ServerFull);
+        drop(p1);
+        let _p4 = l.admit(a).unwrap();
+        assert_eq!(l.per_ip.lock().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn connect_rate_refuses_with_a_retry_time() {
+        let l = limits(|c| c.connect_rate_per_ip = 2);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let _p = (l.admit(a).unwrap(), l.admit(a).unwrap());
+        match l.admit(a) {
+            Err(Refusal::ConnectRate { retry_after }) => assert!(retry_after <= Duration::from_secs(1)),
+            other => panic!("{other:?}"),
+        }
+        // Another IP has its own budget.
+        assert!(l.admit("10.0.0.9".parse().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn forwarded_for_is_trusted_only_from_proxies() {
+        let l = limits(|c| c.trusted_proxy = vec!["10.0.0.0/8".into(), "127.0.0.1".into()]);
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            "203.0.113.9, 198.51.100.7, 10.1.1.1".parse().unwrap(),
+        );
+        // From a trusted proxy: the rightmost untrusted hop.
+        let via_proxy: SocketAddr = "10.2.2.2:4000".parse().unwrap();
+        assert_eq!(
+            l.client_ip(via_proxy, &h),
+            "198.51.100.7".parse::<IpAddr>().unwrap()
+        );
+        // From anyone else: the header is ignored.
+        let direct: SocketAddr = "192.0.2.1:4000".parse().unwrap();
+        assert_eq!(l.client_ip(direct, &h), "192.0.2.1".parse::<IpAddr>().unwrap());
+        // Garbage stops the walk at the last good hop.
+        h.insert("x-forwarded-for", "nonsense, 10.3.3.3".parse().unwrap());
+        assert_eq!(l.client_ip(via_proxy, &h), "10.3.3.3".parse::<IpAddr>().unwrap());
+        // No trusted proxies configured: never trusted.
+        let none = limits(|_| {});
+        assert_eq!(
+            none.client_ip(via_proxy, &h),
+            "10.2.2.2".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn origin_allow_list() {
+        let l = limits(|c| c.allowed_origin = vec!["https://app.example.com/".into()]);
+        let mut h = HeaderMap::new();
+        assert_eq!(l.check_origin(&h), Ok(()), "no Origin: not a browser");
+        h.insert(http::header::ORIGIN, "https://APP.example.com".parse().unwrap());
+        assert_eq!(l.check_origin(&h), Ok(()));
+        h.insert(http::header::ORIGIN, "https://evil.example.com".parse().unwrap());
+        assert_eq!(l.check_origin(&h), Err(Refusal::Origin));
+        assert_eq!(limits(|_| {}).check_origin(&h), Ok(()), "empty list allows all");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn message_bucket_rejects_then_closes_a_persistent_flood() {
+        let mut b = MessageBucket::new(10, 5);
+        for _ in 0..5 {
+            assert_eq!(b.check(), RateVerdict::Allow);
+        }
+        for _ in 0..5 {
+            assert_eq!(b.check(), RateVerdict::Reject);
+        }
+        assert_eq!(b.check(), RateVerdict::Close);
+        // After a pause the client is welcome again.
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let mut b = MessageBucket::new(10, 5);
+        for _ in 0..5 {
+            b.check();
+        }
+        tokio::time::advance(Duration::from_millis(300)).await;
+        assert_eq!(b.check(), RateVerdict::Allow, "3 tokens refilled");
+    }
+}
