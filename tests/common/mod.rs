@@ -478,9 +478,20 @@ pub struct FrameReader<R> {
 
 impl RawClient {
     /// Split into a frame reader and the raw write half.
-    pub fn split(self) -> (FrameReader<tokio::net::tcp::OwnedReadHalf>, tokio::net::tcp::OwnedWriteHalf) {
+    pub fn split(
+        self,
+    ) -> (
+        FrameReader<tokio::net::tcp::OwnedReadHalf>,
+        tokio::net::tcp::OwnedWriteHalf,
+    ) {
         let (rd, wr) = self.tcp.into_split();
-        (FrameReader { io: rd, buf: self.buf }, wr)
+        (
+            FrameReader {
+                io: rd,
+                buf: self.buf,
+            },
+            wr,
+        )
     }
 }
 
@@ -524,7 +535,8 @@ impl<R: tokio::io::AsyncRead + Unpin> FrameReader<R> {
         while let Some(f) = self.frame().await {
             match f.opcode {
                 0x8 => {
-                    let code = (f.payload.len() >= 2).then(|| u16::from_be_bytes([f.payload[0], f.payload[1]]));
+                    let code =
+                        (f.payload.len() >= 2).then(|| u16::from_be_bytes([f.payload[0], f.payload[1]]));
                     return (before, code);
                 }
                 0x9 | 0xA => {}
