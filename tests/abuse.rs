@@ -197,3 +197,38 @@ async fn message_rate_rejects_excess_then_closes_a_flood() {
     assert!(metric(&server, r#"roomcast_errors_sent_total{code="rate_limited"} "#).await >= 5.0);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn slowloris_clients_are_dropped_after_the_handshake_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = start(Config {
+        handshake_timeout: Duration::from_millis(500),
+        ..config()
+    })
+    .await;
+    // One sends half a request and stalls; one sends nothing at all.
+    let mut partial = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    partial
+        .write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websock")
+        .await
+        .unwrap();
+    let mut silent = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    for s in [&mut partial, &mut silent] {
+        let mut buf = [0u8; 1024];
+        // The server closes the connection (EOF, or a 408 then EOF); the
+        // test's own bound is far above the 500 ms setting.
+        let read = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(read.is_ok(), "a stalled client was not dropped");
+    }
+    // Well-behaved clients are unaffected.
+    connect(&server).await;
+    server.stop().await;
+}
