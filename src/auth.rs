@@ -152,6 +152,7 @@ impl Auth {
         // Expiry is enforced to the second: the session closes at `exp`.
         validation.leeway = 0;
         validation.validate_aud = false;
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp"]);
         Self { key, validation }
     }
@@ -205,9 +206,9 @@ pub fn presented(query: Option<&str>, headers: &HeaderMap) -> Option<Presented> 
         if offered.contains(&PROTOCOL) {
             Some(PROTOCOL.to_owned())
         } else {
-            token_protocol
-                .map(str::to_owned)
-                .or_else(|| offered.first().map(|p| (*p).to_owned()))
+            // Only the token entry itself (a browser that offered just that
+            // then accepts the handshake), never a protocol we do not speak.
+            token_protocol.map(str::to_owned)
         }
     };
     if let Some(q) = query {
@@ -224,8 +225,11 @@ pub fn presented(query: Option<&str>, headers: &HeaderMap) -> Option<Presented> 
         }
     }
     if let Some(v) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())
-        && let Some(token) = v.strip_prefix("Bearer ")
+        && v.len() > 7
+        && v.is_char_boundary(7)
+        && v[..7].eq_ignore_ascii_case("bearer ")
     {
+        let token = &v[7..];
         return Some(Presented {
             token: token.trim().to_owned(),
             protocol: (!offered.is_empty()).then(|| select(None)).flatten(),

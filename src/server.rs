@@ -98,6 +98,19 @@ impl Server {
         }
         let scheme = if tls.is_some() { "wss" } else { "ws" };
         info!(addr = %listener.local_addr()?, "roomcast listening ({scheme}:// on /ws)");
+        // Connect-rate state of addresses not seen lately is dropped once a
+        // minute, so a flood of distinct addresses cannot grow it for ever.
+        let limits = node.limits.clone();
+        let stop = node.shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => limits.forget_idle(),
+                }
+            }
+        });
         let accept = tokio::spawn(accept_loop(listener, node.clone(), tls));
         shutdown.await;
         info!("shutting down: closing connections");
