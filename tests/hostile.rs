@@ -169,6 +169,27 @@ async fn hostile_clients_do_not_disturb_well_behaved_ones() {
     let hostile_took = started.elapsed();
     attacking.store(false, Ordering::Relaxed);
 
+    // No outbound queue ever held much more than its limits (1024 frames,
+    // twice that before reading stops, plus the replies to one read):
+    // neither the pipelining client nor the slow consumer made the server
+    // buffer what they did not read.
+    let (_, metrics) = http_get(addr, "/metrics", &[]).await;
+    let metric = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} in /metrics"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let all = metric("roomcast_outbox_depth_frames_count ");
+    let deepest = [1024, 2048, 4096]
+        .into_iter()
+        .find(|le| metric(&format!("roomcast_outbox_depth_frames_bucket{{le=\"{le}\"}} ")) == all);
+    assert!(deepest.is_some(), "an outbound queue held more than 4096 frames");
+    println!("outbound queues: never more than {} frames", deepest.unwrap());
+
     // Every member got every publication, in order.
     let (publisher, published) = publishing.await.expect("publisher");
     let mut member_sockets = Vec::new();
@@ -194,13 +215,18 @@ async fn hostile_clients_do_not_disturb_well_behaved_ones() {
 
     // Memory. The RSS covers the server *and* every client of this test,
     // and glibc keeps freed memory in its arenas rather than returning it,
-    // so the numbers are coarse: 10,000 connections come and go with
-    // several hundred in flight at once, each holding hyper's and the
-    // session's buffers (tens of KiB, twice: client and server side), plus
-    // a slow consumer's 1 MiB queue and 16 KiB partial messages. What the
-    // bounds catch is memory held per connection after it is gone (10,000
-    // leaked sessions of even 20 KiB each exceed 200 MiB) or an attack
-    // that makes the server buffer without limit (the peak bound).
+    // so the numbers are coarse: connections come and go with several
+    // hundred in flight at once, each holding hyper's and the session's
+    // buffers (twice: client and server side), plus a slow consumer's
+    // 1 MiB queue, 100 partial messages of 15 KiB and 2,560 groups.
+    // Typical: 14 MiB before, under 40 MiB at the peak and at the end.
+    // - Round 2 vs round 1 (< 32 MiB): after round 1 the allocator has
+    //   the memory for a round at hand, so 10,000 more connections grow
+    //   the RSS only by what they leave behind: 3.3 KiB each would fail.
+    // - End vs start (< 200 MiB) and peak vs start (< 300 MiB): an attack
+    //   that makes the server buffer without limit (a never-reading
+    //   client's backlog, unbounded partial messages, groups that outlive
+    //   their members) blows through these; normal churn stays far below.
     tokio::time::sleep(Duration::from_millis(500)).await;
     sampling.store(false, Ordering::Relaxed);
     sampler.await.unwrap();
@@ -231,7 +257,7 @@ async fn hostile_clients_do_not_disturb_well_behaved_ones() {
         rss_after / MIB
     );
     assert!(
-        peak.saturating_sub(rss_before) < 400 * MIB,
+        peak.saturating_sub(rss_before) < 300 * MIB,
         "memory during the attack: {} MiB -> {} MiB",
         rss_before / MIB,
         peak / MIB
@@ -372,7 +398,10 @@ async fn bad_handshakes(addr: SocketAddr) -> String {
     // The server stops reading at its header limit: the write may fail.
     let _ = tokio::time::timeout(STEP, tcp.write_all(req.as_bytes())).await;
     let mut head = [0u8; 64];
-    let n = tokio::time::timeout(STEP, tcp.read(&mut head)).await.expect("an answer").unwrap_or(0);
+    let n = tokio::time::timeout(STEP, tcp.read(&mut head))
+        .await
+        .expect("an answer")
+        .unwrap_or(0);
     let head = String::from_utf8_lossy(&head[..n]);
     assert!(head.starts_with("HTTP/1.1 431"), "1 MiB of headers: {head:?}");
     drop(tcp);
@@ -652,31 +681,29 @@ async fn pipelining_without_reading(addr: SocketAddr) -> String {
             let req = json!({"type":"ping","id":n,"pad":"p".repeat(40)}).to_string();
             wire.extend(client_frame(true, OP_TEXT, [4, 3, 2, 1], req.as_bytes()));
         }
-        let t = Instant::now();
-        let mut written = 0;
-        for chunk in wire.chunks(4096) {
-            wr.write_all(chunk).await.expect("write requests");
-            written += chunk.len();
-            if t.elapsed() < Duration::from_millis(1400) {
-                println!("written {written} at {:?}", t.elapsed());
-            }
-        }
-        (wr, t.elapsed())
+        wr.write_all(&wire).await.expect("write requests");
+        wr
     });
-    // Read nothing for a while (less than the idle timeout).
+    // Read nothing for a while (less than the idle timeout). The kernel
+    // buffers on loopback can take all of it, so whether the server
+    // stopped reading is checked on its queue depths (see the end of the
+    // main test), not on this writer.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(!writer.is_finished(), "the server buffered everything instead of pushing back");
     assert_eq!(c.json().await["type"], "welcome");
     for n in 0..REQUESTS {
         let v = c.json().await;
-        assert_eq!((v["type"].as_str(), v["id"].as_u64()), (Some("pong"), Some(n)), "{v}");
+        assert_eq!(
+            (v["type"].as_str(), v["id"].as_u64()),
+            (Some("pong"), Some(n)),
+            "{v}"
+        );
     }
-    let (_wr, blocked) = writer.await.expect("writer");
+    let _wr = writer.await.expect("writer");
     let (before, code) = c.until_close().await;
     assert!(before.is_empty());
     assert_eq!(code, Some(4002));
     format!(
-        "pipelining without reading: {REQUESTS} requests, writer held back {blocked:.1?}, \
+        "pipelining without reading: {REQUESTS} requests (2.4 MB) unread for 1.5 s, \
          all answered in order, then closed as idle"
     )
 }

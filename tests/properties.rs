@@ -776,6 +776,29 @@ proptest! {
         }
     }
 
+    /// Ids are echoed byte for byte (docs/protocol.md, "The id rule"),
+    /// including numbers no f64 holds and strings with escapes.
+    #[test]
+    fn ids_are_echoed_verbatim(id in prop_oneof![
+                                   "-?(0|[1-9][0-9]{0,30})(\\.[0-9]{1,20})?([eE][+-]?[0-9]{1,5})?",
+                                   "\"([a-z]|\\\\u00[4-7][0-9a-f]|\\\\[nt\"/\\\\]){0,12}\"",
+                               ],
+                               kind in prop_oneof![Just("ping"), Just("join"), Just("bogus")]) {
+        let text = format!(r#"{{"type":"{kind}","group":"g","id":{id}}}"#);
+        let r = protocol::parse_text(&text);
+        let reply = match r {
+            Ok(r) => {
+                prop_assert_eq!(r.id.map(|raw| raw.get()), Some(id.as_str()));
+                if kind == "ping" { protocol::pong(r.id) } else { protocol::ack(r.id.unwrap()) }
+            }
+            Err(e) => {
+                prop_assert_eq!(kind, "bogus");
+                protocol::error(&e)
+            }
+        };
+        prop_assert_eq!(echoed_id(&reply), Some(id));
+    }
+
     /// Binary requests: valid frames decode to exactly what was encoded;
     /// invalid group names are `invalid_group`; every error is a frame of
     /// JSON.

@@ -15,7 +15,11 @@ use roomcast::ws::{Decoder, Event, ProtocolError};
 /// ones let fragments and the 16-bit length form through.
 const LIMITS: [usize; 8] = [1, 2, 16, 125, 126, 1024, 4096, 65536];
 
-fn decode(max: usize, wire: &[u8], mut next_chunk: impl FnMut() -> usize) -> (Vec<Event>, Option<ProtocolError>) {
+fn decode(
+    max: usize,
+    wire: &[u8],
+    mut next_chunk: impl FnMut() -> usize,
+) -> (Vec<Event>, Option<ProtocolError>) {
     let mut d = Decoder::new(max);
     let mut out = Vec::new();
     let mut at = 0;
@@ -64,7 +68,11 @@ fuzz_target!(|data: &[u8]| {
         state ^= state << 13;
         state ^= state >> 17;
         state ^= state << 5;
-        if state % 8 == 0 { (state >> 8) as usize % 4096 } else { 1 + (state >> 8) as usize % 64 }
+        if state % 8 == 0 {
+            (state >> 8) as usize % 4096
+        } else {
+            1 + (state >> 8) as usize % 64
+        }
     });
     let whole = decode(max, wire, || usize::MAX);
     assert_eq!(chunked, whole, "the outcome depends on how the bytes were split");
