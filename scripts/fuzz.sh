@@ -11,7 +11,6 @@
 #   FUZZ_SANITIZER   address (default) or none
 #   FUZZ_TARGET_DIR  cargo target directory of the fuzz build
 #                    (default: fuzz/target, ignored by git)
-#   FUZZ_JOBS        parallel fuzzing jobs per target (default 1)
 set -euo pipefail
 
 SECS="${1:-60}"
@@ -71,10 +70,8 @@ for t in "${TARGETS[@]}"; do
     args=(-max_total_time="$SECS" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1)
     [[ -f "dict/$t.dict" ]] && args+=(-dict="dict/$t.dict")
     [[ "$t" == frame_decoder ]] && args+=(-max_len=8192)
-    jobs=("--jobs=${FUZZ_JOBS:-1}")
-    [[ "${FUZZ_JOBS:-1}" == 1 ]] && jobs=()
     set +e
-    cargo "${TOOLCHAIN[@]}" fuzz run "${OPTS[@]}" "${jobs[@]}" "$t" "corpus/$t" -- "${args[@]}" \
+    cargo "${TOOLCHAIN[@]}" fuzz run "${OPTS[@]}" "$t" "corpus/$t" -- "${args[@]}" \
         > "$LOGS/$t.log" 2>&1
     rc=$?
     set -e

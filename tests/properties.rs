@@ -159,16 +159,13 @@ use serde_json::{Map, Value};
 /// progress (its buffer grows to at most 2 x 125 bytes while it arrives in
 /// pieces) plus slack.
 ///
-/// The data message buffer is bounded by `2 * max`, not `max`: it grows by
-/// `Vec` doubling, so fragments whose total is just over a power-of-two
-/// multiple of the first fragment's size leave a capacity of almost twice
-/// the limit (e.g. max 1024: fragments of 600 + 400 bytes hold 1200). Tighten
-/// `decoder_bound` to `max + SLACK` once the decoder caps its growth at the
-/// limit.
+/// The data message buffer grows by doubling but is capped at the limit,
+/// so it never holds more than `max` (fragments of 600 + 400 bytes with a
+/// 1024-byte limit once made it hold 1200).
 const SLACK: usize = 256;
 
 fn decoder_bound(max: usize) -> usize {
-    2 * max + SLACK
+    max + SLACK
 }
 
 /// A reference decoder: RFC 6455 as the server applies it, written for

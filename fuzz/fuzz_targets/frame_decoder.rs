@@ -29,7 +29,7 @@ fn decode(
         let r = d.feed(&wire[at..at + n], &mut out);
         at += n;
         assert!(
-            d.buffered() <= 2 * max + 256,
+            d.buffered() <= max + 256,
             "decoder holds {} bytes with a {max}-byte limit",
             d.buffered()
         );

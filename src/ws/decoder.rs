@@ -293,6 +293,15 @@ impl Decoder {
         } else {
             let m = self.message.as_mut().expect("data frame has a message");
             let start = m.buf.len();
+            // Grow by doubling, but never past the message limit: a message
+            // in progress holds at most `max_message` bytes.
+            let needed = start + chunk.len();
+            if needed > m.buf.capacity() {
+                let target = (m.buf.capacity() * 2)
+                    .max(needed)
+                    .min(self.max_message.max(needed));
+                m.buf.reserve_exact(target - start);
+            }
             m.buf.extend_from_slice(chunk);
             apply_mask(&mut m.buf[start..], f.mask, f.received);
             if m.text && m.utf8.extend(&m.buf).is_err() {
@@ -485,6 +494,18 @@ mod tests {
         let mut out = Vec::new();
         // Only the first 6 + 7 bytes: header plus "ok", kappa, and a surrogate start.
         assert_eq!(d.feed(&wire[..6 + 7], &mut out), Err(ProtocolError::InvalidUtf8));
+    }
+
+    #[test]
+    fn a_message_in_progress_holds_at_most_the_limit() {
+        let mut d = Decoder::new(1024);
+        let mut wire = client_frame(false, OP_BINARY, M, &[0; 600]);
+        wire.extend(client_frame(false, OP_CONTINUATION, M, &[0; 400]));
+        let mut out = Vec::new();
+        for c in wire.chunks(7) {
+            d.feed(c, &mut out).unwrap();
+        }
+        assert!(d.buffered() <= 1024, "{}", d.buffered());
     }
 
     #[test]
