@@ -269,26 +269,7 @@ impl RawClient {
 
     /// The next frame, or `None` at EOF.
     pub async fn frame(&mut self) -> Option<RawFrame> {
-        loop {
-            if let Some((frame, used)) = parse_server_frame(&self.buf) {
-                self.buf.drain(..used);
-                return Some(frame);
-            }
-            let mut chunk = vec![0u8; 64 * 1024];
-            let n = tokio::time::timeout(STEP, self.tcp.read(&mut chunk))
-                .await
-                .expect("timed out reading a frame")
-                .unwrap_or(0);
-            if n == 0 {
-                assert!(
-                    self.buf.is_empty(),
-                    "EOF inside a frame: {} bytes left",
-                    self.buf.len()
-                );
-                return None;
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
+        read_frame(&mut self.tcp, &mut self.buf).await
     }
 }
 
@@ -441,31 +422,12 @@ impl RawClient {
     /// Read until the server's Close frame; returns the frames before it
     /// (Pings excluded) and the close code (`None` on EOF without Close).
     pub async fn until_close(&mut self) -> (Vec<RawFrame>, Option<u16>) {
-        let mut before = Vec::new();
-        while let Some(f) = self.frame().await {
-            match f.opcode {
-                0x8 => {
-                    let code =
-                        (f.payload.len() >= 2).then(|| u16::from_be_bytes([f.payload[0], f.payload[1]]));
-                    return (before, code);
-                }
-                0x9 | 0xA => {}
-                _ => before.push(f),
-            }
-        }
-        (before, None)
+        until_close(&mut self.tcp, &mut self.buf).await
     }
 
     /// The next frame that is not a Ping or Pong, parsed as JSON.
     pub async fn json(&mut self) -> Value {
-        loop {
-            let f = self.frame().await.expect("a frame before EOF");
-            match f.opcode {
-                0x9 | 0xA => continue,
-                0x1 => return serde_json::from_slice(&f.payload).expect("server sent JSON"),
-                op => panic!("expected a text frame, got opcode {op}: {f:?}"),
-            }
-        }
+        next_json(&mut self.tcp, &mut self.buf).await
     }
 }
 
@@ -498,53 +460,68 @@ impl RawClient {
 impl<R: tokio::io::AsyncRead + Unpin> FrameReader<R> {
     /// The next frame, or `None` at EOF.
     pub async fn frame(&mut self) -> Option<RawFrame> {
-        loop {
-            if let Some((frame, used)) = parse_server_frame(&self.buf) {
-                self.buf.drain(..used);
-                return Some(frame);
-            }
-            let mut chunk = vec![0u8; 64 * 1024];
-            let n = tokio::time::timeout(STEP, self.io.read(&mut chunk))
-                .await
-                .expect("timed out reading a frame")
-                .unwrap_or(0);
-            if n == 0 {
-                assert!(self.buf.is_empty(), "EOF inside a frame");
-                return None;
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
+        read_frame(&mut self.io, &mut self.buf).await
     }
 
     /// The next frame that is not a Ping or Pong, parsed as JSON.
     pub async fn json(&mut self) -> Value {
-        loop {
-            let f = self.frame().await.expect("a frame before EOF");
-            match f.opcode {
-                0x9 | 0xA => continue,
-                0x1 => return serde_json::from_slice(&f.payload).expect("server sent JSON"),
-                op => panic!("expected a text frame, got opcode {op}: {f:?}"),
-            }
-        }
+        next_json(&mut self.io, &mut self.buf).await
     }
 
-    /// Read until the server's Close frame; returns the frames before it
-    /// (Pings excluded) and the close code (`None` on EOF without Close).
+    /// Read until the server's Close frame; see [`RawClient::until_close`].
     pub async fn until_close(&mut self) -> (Vec<RawFrame>, Option<u16>) {
-        let mut before = Vec::new();
-        while let Some(f) = self.frame().await {
-            match f.opcode {
-                0x8 => {
-                    let code =
-                        (f.payload.len() >= 2).then(|| u16::from_be_bytes([f.payload[0], f.payload[1]]));
-                    return (before, code);
-                }
-                0x9 | 0xA => {}
-                _ => before.push(f),
-            }
-        }
-        (before, None)
+        until_close(&mut self.io, &mut self.buf).await
     }
+}
+
+/// The next server frame from `io`, with `buf` holding bytes already read;
+/// `None` at EOF.
+async fn read_frame(io: &mut (impl tokio::io::AsyncRead + Unpin), buf: &mut Vec<u8>) -> Option<RawFrame> {
+    loop {
+        if let Some((frame, used)) = parse_server_frame(buf) {
+            buf.drain(..used);
+            return Some(frame);
+        }
+        let mut chunk = vec![0u8; 64 * 1024];
+        let n = tokio::time::timeout(STEP, io.read(&mut chunk))
+            .await
+            .expect("timed out reading a frame")
+            .unwrap_or(0);
+        if n == 0 {
+            assert!(buf.is_empty(), "EOF inside a frame: {} bytes left", buf.len());
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+async fn next_json(io: &mut (impl tokio::io::AsyncRead + Unpin), buf: &mut Vec<u8>) -> Value {
+    loop {
+        let f = read_frame(io, buf).await.expect("a frame before EOF");
+        match f.opcode {
+            0x9 | 0xA => continue,
+            0x1 => return serde_json::from_slice(&f.payload).expect("server sent JSON"),
+            op => panic!("expected a text frame, got opcode {op}: {f:?}"),
+        }
+    }
+}
+
+async fn until_close(
+    io: &mut (impl tokio::io::AsyncRead + Unpin),
+    buf: &mut Vec<u8>,
+) -> (Vec<RawFrame>, Option<u16>) {
+    let mut before = Vec::new();
+    while let Some(f) = read_frame(io, buf).await {
+        match f.opcode {
+            0x8 => {
+                let code = (f.payload.len() >= 2).then(|| u16::from_be_bytes([f.payload[0], f.payload[1]]));
+                return (before, code);
+            }
+            0x9 | 0xA => {}
+            _ => before.push(f),
+        }
+    }
+    (before, None)
 }
 
 impl RawClient {
