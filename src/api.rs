@@ -187,14 +187,20 @@ fn data_bytes(body: &Bytes, data: &RawValue) -> Payload {
     Payload::Json(body.slice_ref(data.get().as_bytes()))
 }
 
-async fn deliver(node: &Node, publication: Publication) -> ApiResult {
+/// Count and deliver a publication that came through the API (it has no
+/// publishing connection and no user).
+async fn publish_from_api(node: &Node, target: Target, payload: Payload, body_len: usize) -> ApiResult {
+    node.stats
+        .api_publishes(matches!(payload, Payload::Binary(_)), body_len);
+    let publication = Publication {
+        target,
+        from: None,
+        user: None,
+        payload,
+    };
     match node.broker.publish(publication).await {
         Ok(n) => Ok(axum::Json(json!({ "delivered": n })).into_response()),
-        Err(BrokerError::UnknownConnection(id)) => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "unknown_connection",
-            format!("no connection with id '{id}'"),
-        )),
+        Err(BrokerError::UnknownConnection(id)) => Err(unknown_connection(&id.to_string())),
         Err(e) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
@@ -240,18 +246,7 @@ async fn publish(
         }
     };
     check_group(&group)?;
-    node.stats
-        .api_publishes(matches!(payload, Payload::Binary(_)), body.len());
-    deliver(
-        &node,
-        Publication {
-            target: Target::Group(group),
-            from: None,
-            user: None,
-            payload,
-        },
-    )
-    .await
+    publish_from_api(&node, Target::Group(group), payload, body.len()).await
 }
 
 #[derive(Deserialize)]
@@ -266,17 +261,7 @@ async fn broadcast(State(node): State<Arc<Node>>, req: Request) -> ApiResult {
     json_only(&req)?;
     let body = read_body(req, node.config.max_message_size).await?;
     let b: BroadcastBody<'_> = parse_json(&body)?;
-    node.stats.api_publishes(false, body.len());
-    deliver(
-        &node,
-        Publication {
-            target: Target::All,
-            from: None,
-            user: None,
-            payload: data_bytes(&body, b.data),
-        },
-    )
-    .await
+    publish_from_api(&node, Target::All, data_bytes(&body, b.data), body.len()).await
 }
 
 #[derive(Deserialize)]
@@ -302,17 +287,7 @@ async fn send(State(node): State<Arc<Node>>, req: Request) -> ApiResult {
     let body = read_body(req, node.config.max_message_size).await?;
     let b: SendBody<'_> = parse_json(&body)?;
     let id: u64 = b.to.parse().map_err(|_| unknown_connection(&b.to))?;
-    node.stats.api_publishes(false, body.len());
-    deliver(
-        &node,
-        Publication {
-            target: Target::Conn(id),
-            from: None,
-            user: None,
-            payload: data_bytes(&body, b.data),
-        },
-    )
-    .await
+    publish_from_api(&node, Target::Conn(id), data_bytes(&body, b.data), body.len()).await
 }
 
 #[derive(Deserialize)]

@@ -104,13 +104,17 @@ async fn publish_in_lockstep(publisher: &mut Ws, fast: &mut Ws, n: usize, size: 
     }
 }
 
-#[tokio::test]
-async fn slow_consumer_is_disconnected_and_others_lose_nothing() {
+/// A group with a slow member (tiny receive buffer, reads nothing) and a
+/// fast one, after 3000 x 8 KiB = 24 MiB were published in lockstep with the
+/// fast member: far more than the kernel buffers between the server and a
+/// client that reads nothing. Returns the server, slow, fast and publisher.
+async fn slow_consumer_scenario(policy: SlowConsumerPolicy) -> (TestServer, Ws, Ws, Ws) {
     let server = start(Config {
         queue_messages: 16,
         queue_bytes: 64 * 1024,
         // 3000 publishes in lockstep can exceed the default message rate.
         message_rate: 0,
+        slow_consumer: policy,
         ..config()
     })
     .await;
@@ -119,9 +123,14 @@ async fn slow_consumer_is_disconnected_and_others_lose_nothing() {
     let (mut publisher, _) = connect(&server).await;
     request(&mut slow, json!({"type":"join","group":"g","id":1})).await;
     request(&mut fast, json!({"type":"join","group":"g","id":1})).await;
-    // 3000 x 8 KiB = 24 MiB: far more than the kernel buffers between the
-    // server and a client that reads nothing.
     publish_in_lockstep(&mut publisher, &mut fast, 3000, 8 * 1024).await;
+    (server, slow, fast, publisher)
+}
+
+#[tokio::test]
+async fn slow_consumer_is_disconnected_and_others_lose_nothing() {
+    let (server, mut slow, mut fast, _publisher) =
+        slow_consumer_scenario(SlowConsumerPolicy::Disconnect).await;
     let s = server
         .wait_stats("one slow disconnect", |s| s.slow_consumer_disconnects == 1)
         .await;
@@ -144,21 +153,7 @@ async fn slow_consumer_is_disconnected_and_others_lose_nothing() {
 
 #[tokio::test]
 async fn slow_consumer_under_drop_policy_skips_messages_and_stays() {
-    let server = start(Config {
-        queue_messages: 16,
-        queue_bytes: 64 * 1024,
-        // 3000 publishes in lockstep can exceed the default message rate.
-        message_rate: 0,
-        slow_consumer: SlowConsumerPolicy::Drop,
-        ..config()
-    })
-    .await;
-    let (mut slow, _) = connect_small_rcvbuf(&server).await;
-    let (mut fast, _) = connect(&server).await;
-    let (mut publisher, _) = connect(&server).await;
-    request(&mut slow, json!({"type":"join","group":"g","id":1})).await;
-    request(&mut fast, json!({"type":"join","group":"g","id":1})).await;
-    publish_in_lockstep(&mut publisher, &mut fast, 3000, 8 * 1024).await;
+    let (server, mut slow, mut fast, mut publisher) = slow_consumer_scenario(SlowConsumerPolicy::Drop).await;
     let dropped = server.wait_stats("drops", |s| s.dropped > 0).await.dropped;
     assert_eq!(server.stats().slow_consumer_disconnects, 0);
     // The slow client now reads: increasing sequence numbers with gaps, and

@@ -44,19 +44,7 @@ pub fn config() -> Config {
 }
 
 pub async fn start(config: Config) -> TestServer {
-    let server = Server::bind(config).await.expect("bind");
-    let addr = server.local_addr();
-    let node = server.node().clone();
-    let (tx, rx) = oneshot::channel();
-    let task = tokio::spawn(server.run(async {
-        let _ = rx.await;
-    }));
-    TestServer {
-        addr,
-        node,
-        stop: Some(tx),
-        task,
-    }
+    run_bound(Server::bind(config).await.expect("bind"))
 }
 
 impl TestServer {
