@@ -5,6 +5,7 @@
 //! # Layout
 //!
 //! - [`config`]: the one typed configuration struct and its validation.
+//! - [`bench`]: `roomcast bench`, the load generator and its scenarios.
 //! - [`client`]: `roomcast client`, a command-line client speaking the
 //!   protocol (for trying and scripting a server).
 //! - [`server`]: accept loop, HTTP/1.1 connections, graceful shutdown.
@@ -32,6 +33,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod bench;
 pub mod broker;
 pub mod client;
 pub mod config;

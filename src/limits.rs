@@ -295,6 +295,19 @@ impl MessageBucket {
     }
 }
 
+/// Raise this process's soft open-file limit to its hard limit (each
+/// connection is a file descriptor) and return the limit now in force.
+/// The hard limit can only be raised by root (`ulimit -Hn`, or `LimitNOFILE`
+/// in a systemd unit), so it is what caps connections per process.
+pub fn raise_open_file_limit() -> u64 {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => n,
+        Err(_) => rlimit::getrlimit(rlimit::Resource::NOFILE)
+            .map(|(soft, _)| soft)
+            .unwrap_or(1024),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -33,6 +33,8 @@ enum Command {
     },
     /// Connect to a server: print the messages received, publish stdin lines.
     Client(roomcast::client::ClientArgs),
+    /// Load-test a server: connections, fan-out, echo, shootout, sweeps.
+    Bench(roomcast::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -73,6 +75,16 @@ fn main() -> ExitCode {
             // Exit at once: a pending stdin read blocks a thread that
             // dropping the runtime would wait for.
             std::process::exit(runtime.block_on(roomcast::client::run_stdio(args)))
+        }
+        Command::Bench(args) => {
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(r) => r,
+                Err(e) => return fail(&e),
+            };
+            match runtime.block_on(roomcast::bench::run(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e),
+            }
         }
         Command::ShowConfig { args, show_secrets } => match args.resolve(sub) {
             Ok(config) => {

@@ -98,6 +98,24 @@ impl Server {
         }
         let scheme = if tls.is_some() { "wss" } else { "ws" };
         info!(addr = %listener.local_addr()?, "roomcast listening ({scheme}:// on /ws)");
+        let fd_limit = crate::limits::raise_open_file_limit();
+        let max = node.config.max_connections;
+        info!(
+            open_file_limit = fd_limit,
+            "open-file limit {fd_limit}: at most about {} connections",
+            fd_limit.saturating_sub(100)
+        );
+        if max == 0 || max as u64 > fd_limit.saturating_sub(100) {
+            warn!(
+                "--max-connections ({}) is above what the open-file limit ({fd_limit}) allows: \
+                 connections past the limit fail at accept; raise the hard limit (ulimit -Hn, LimitNOFILE)",
+                if max == 0 {
+                    "unlimited".to_string()
+                } else {
+                    max.to_string()
+                }
+            );
+        }
         // Connect-rate state of addresses not seen lately is dropped once a
         // minute, so a flood of distinct addresses cannot grow it for ever.
         let limits = node.limits.clone();
