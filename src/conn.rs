@@ -95,6 +95,9 @@ pub struct Conn<S> {
     /// How the batch's first frame counts in the metrics, noted before any
     /// of it is written (a partly written frame has lost its header).
     head_kind: Option<Option<(Protocol, usize)>>,
+    /// The outbox may hold queue blocks: frames were taken from it since
+    /// the last [`Outbox::release_idle`] that gave everything back.
+    outbox_warm: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
@@ -116,6 +119,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             timer: None,
             stats,
             head_kind: None,
+            outbox_warm: false,
         }
     }
 
@@ -216,6 +220,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             // Park the timer far away until the session sets it again.
             t.as_mut()
                 .reset(Instant::now() + std::time::Duration::from_secs(86400 * 365));
+            // A quiet moment: give back the queue block that fan-out keeps.
+            if self.outbox_warm && self.batch.is_empty() {
+                self.outbox_warm = !self.outbox.release_idle(true);
+            }
             return Poll::Ready(Ok(Incoming::Timer));
         }
         Poll::Pending
@@ -249,6 +257,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     }
                     if self.events.capacity() > 0 && self.events.is_empty() {
                         self.events = VecDeque::new();
+                    }
+                    if self.outbox_warm {
+                        self.outbox_warm = !self.outbox.release_idle(false);
                     }
                     if self.unflushed {
                         ready!(Pin::new(&mut self.io).poll_flush(cx))?;
@@ -288,6 +299,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 self.stats.observe_outbox_depth(depth);
             }
             self.outbox.pop_batch(&mut self.batch, MAX_IOV, BATCH_BYTES);
+            self.outbox_warm |= !self.batch.is_empty();
             if let Some(at) = self.batch.iter().position(|f| f.first() == Some(&CLOSE_HEADER)) {
                 self.close_queued = true;
                 let late: Vec<Bytes> = self.batch.drain(at + 1..).collect();

@@ -2,6 +2,7 @@
 //! `/healthz`. Every error is JSON: `{"error":{"code":..,"message":..}}`.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use axum::Router;
@@ -10,7 +11,9 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use hyper::upgrade::OnUpgrade;
+use bytes::Bytes;
+use futures_util::future::Either;
+use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tracing::debug;
@@ -133,18 +136,9 @@ fn upgrade(node: Arc<Node>, mut req: Request, mode: Mode) -> Response {
                 return;
             }
         };
-        // Exactly the IO types `server` gives hyper: plain TCP, or TLS over
-        // TCP. Each gets its own session type, so plain connections carry
-        // nothing of TLS.
-        let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
-            Ok(parts) => {
-                return session::run(node, parts.io.into_inner(), parts.read_buf, mode, grant).await;
-            }
-            Err(upgraded) => upgraded,
-        };
-        match upgraded.downcast::<TokioIo<tokio_rustls::server::TlsStream<TcpStream>>>() {
-            Ok(parts) => session::run(node, parts.io.into_inner(), parts.read_buf, mode, grant).await,
-            Err(_) => debug!("upgraded connection is neither TCP nor TLS over TCP"),
+        match start_session(node, upgraded, mode, grant) {
+            Some(session) => session.await,
+            None => debug!("upgraded connection is neither TCP nor TLS over TCP"),
         }
     });
     let mut res = Response::new(Body::empty());
@@ -160,6 +154,50 @@ fn upgrade(node: Arc<Node>, mut req: Request, mode: Mode) -> Response {
         h.insert(header::SEC_WEBSOCKET_PROTOCOL, p);
     }
     res
+}
+
+/// Start the session on an upgraded connection; `None` if its IO type is
+/// not one that `server` gives hyper (plain TCP, or TLS over TCP).
+///
+/// Each IO type gets its own session type, so plain connections carry
+/// nothing of TLS. The plain TCP session runs inline in the connection's
+/// task; the TLS one is boxed: its stream is several times larger, and
+/// inline it would size every connection's task for TLS. (A sync function,
+/// so the downcast results never live in the task's future.)
+fn start_session(
+    node: Arc<Node>,
+    upgraded: Upgraded,
+    mode: Mode,
+    grant: Option<Grant>,
+) -> Option<Either<impl Future<Output = ()>, Pin<Box<impl Future<Output = ()>>>>> {
+    let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => {
+            let early = early_bytes(parts.read_buf);
+            let io = parts.io.into_inner();
+            return Some(Either::Left(session::run(node, io, early, mode, grant)));
+        }
+        Err(upgraded) => upgraded,
+    };
+    let parts = upgraded
+        .downcast::<TokioIo<tokio_rustls::server::TlsStream<TcpStream>>>()
+        .ok()?;
+    let early = early_bytes(parts.read_buf);
+    let io = parts.io.into_inner();
+    Some(Either::Right(Box::pin(session::run(
+        node, io, early, mode, grant,
+    ))))
+}
+
+/// The bytes the client sent after its handshake request, in an allocation
+/// of their own. hyper hands them over as a view into its whole read buffer
+/// (8 KiB or more), which the session would otherwise keep alive for the
+/// life of the connection, even when the view is empty.
+fn early_bytes(read_buf: Bytes) -> Bytes {
+    if read_buf.is_empty() {
+        Bytes::new()
+    } else {
+        Bytes::copy_from_slice(&read_buf)
+    }
 }
 
 /// Verify the client's token when auth is configured (401 with a JSON body

@@ -9,8 +9,33 @@
 //! (`--queue-messages`, `--queue-bytes`) bound what a slow client can make the
 //! server hold. When a push would cross a limit it fails with
 //! [`PushError::Full`] and the caller applies the slow-consumer policy.
+//!
+//! # Memory of an idle connection
+//!
+//! A segmented queue allocates a block of 31 slots (about 1.2 KiB) on its
+//! first push and keeps it until all 31 slots have been used, so a
+//! connection that was sent only its welcome and an ack would hold a block
+//! for ever. So each queue is allocated on its first push, and
+//! [`Outbox::release_idle`] frees it (with its block) once everything is
+//! written: the connection's task calls it when it runs dry (and on its
+//! timer). Freeing is safe only while no producer is inside a push; the
+//! frame counter `len` doubles as that gate. Every push raises `len` before
+//! it touches a queue and the frame stays counted until it is written, so
+//! `len == 0` means that no frame is queued and no push is under way. The
+//! consumer claims the queues by turning `len` from 0 into [`RECLAIMING`]
+//! with one compare-and-swap, detaches them (two pointer swaps), clears the
+//! bit, and only then frees them. A push that raised `len` meanwhile sees
+//! the bit and waits those few instructions before touching a queue; any
+//! other push is unaffected.
+//!
+//! Fan-out reuses a block across publications: after frames from
+//! [`Outbox::try_push`] the queue keeps its block when it runs dry and gives
+//! it back only on the connection's timer, so a member of a busy group does
+//! not allocate per publication. Replies and control frames (the
+//! connection's own) give it back as soon as they are written.
 
-use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::ptr;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU16, AtomicUsize, Ordering};
 use std::task::Context;
 
 use atomic_waker::AtomicWaker;
@@ -19,6 +44,9 @@ use crossbeam_queue::SegQueue;
 
 /// Identifier of a connection, unique for the life of the process.
 pub type ConnId = u64;
+
+/// Set in `len` while the consumer swaps the queues (see the module docs).
+const RECLAIMING: usize = 1 << (usize::BITS - 1);
 
 /// Why a frame was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,16 +58,25 @@ pub enum PushError {
 }
 
 /// The outbound side of one connection, shared by everyone who sends to it.
-#[derive(Debug)]
 pub struct Outbox {
     /// The connection's id.
     id: ConnId,
-    queue: SegQueue<Bytes>,
+    /// Allocated on first push, freed under the `len` gate (module docs).
+    queue: LazyQueue,
     /// Ping and Pong frames: written before anything waiting in `queue`, so
-    /// a heartbeat is not stuck behind a backlog of publications.
-    control: SegQueue<Bytes>,
-    /// Frames queued or popped but not yet written.
+    /// a heartbeat is not stuck behind a backlog of publications. Freed
+    /// like `queue`.
+    control: LazyQueue,
+    /// Frames queued or popped but not yet written, plus [`RECLAIMING`]
+    /// while the consumer swaps the queues.
     len: AtomicUsize,
+    /// [`Outbox::try_push`] queued a frame since the last full release.
+    fanned_out: AtomicBool,
+    /// [`Outbox::push_control`] queued a frame since the last release.
+    control_used: AtomicBool,
+    /// Held by the consumer-side methods, so that a caller breaking the
+    /// one-consumer rule cannot pop from a queue being swapped.
+    consuming: AtomicBool,
     /// Bytes of those frames.
     bytes: AtomicUsize,
     /// Limit on `len`.
@@ -55,14 +92,30 @@ pub struct Outbox {
     waker: AtomicWaker,
 }
 
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox")
+            .field("id", &self.id)
+            .field("len", &self.len())
+            .field("bytes", &self.bytes())
+            .field("max_len", &self.max_len)
+            .field("max_bytes", &self.max_bytes)
+            .field("close_request", &self.close_requested())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Outbox {
     /// An empty outbox; allocates nothing until the first push.
     pub fn new(id: ConnId, max_len: usize, max_bytes: usize) -> Self {
         Self {
             id,
-            queue: SegQueue::new(),
-            control: SegQueue::new(),
+            queue: LazyQueue::new(),
+            control: LazyQueue::new(),
             len: AtomicUsize::new(0),
+            fanned_out: AtomicBool::new(false),
+            control_used: AtomicBool::new(false),
+            consuming: AtomicBool::new(false),
             bytes: AtomicUsize::new(0),
             max_len,
             max_bytes,
@@ -86,7 +139,9 @@ impl Outbox {
             return Err(PushError::Closing);
         }
         let n = frame.len();
-        if self.len.fetch_add(1, Ordering::AcqRel) >= self.max_len {
+        let prev = self.len.fetch_add(1, Ordering::AcqRel);
+        if prev & !RECLAIMING >= self.max_len {
+            // Not queued: no need to wait for a swap to finish.
             self.len.fetch_sub(1, Ordering::AcqRel);
             return Err(PushError::Full);
         }
@@ -96,27 +151,57 @@ impl Outbox {
             self.len.fetch_sub(1, Ordering::AcqRel);
             return Err(PushError::Full);
         }
-        self.queue.push(frame);
+        self.wait_swap(prev);
+        if !self.fanned_out.load(Ordering::Relaxed) {
+            self.fanned_out.store(true, Ordering::Relaxed);
+        }
+        // SAFETY: this push's increment keeps `len` above 0 until its frame
+        // is written, so no release starts before the push is done; one
+        // that had started is over (`wait_swap`).
+        unsafe { self.queue.push(frame) };
         self.waker.wake();
         Ok(())
+    }
+
+    /// If `prev` (what this push's increment of `len` returned) shows a
+    /// swap in progress, wait until it is over.
+    fn wait_swap(&self, prev: usize) {
+        if prev & RECLAIMING == 0 {
+            return;
+        }
+        let mut spins = 0u32;
+        while self.len.load(Ordering::Acquire) & RECLAIMING != 0 {
+            if spins < 64 {
+                std::hint::spin_loop();
+                spins += 1;
+            } else {
+                // The consumer was preempted inside its few instructions.
+                std::thread::yield_now();
+            }
+        }
     }
 
     /// Queue a frame the connection owes its own client (ack, error, pong,
     /// close), ignoring the limits. The connection stops reading while its
     /// queue is past a limit, so these are bounded by what one read produces.
     pub fn push_reply(&self, frame: Bytes) {
-        self.len.fetch_add(1, Ordering::AcqRel);
+        let prev = self.len.fetch_add(1, Ordering::AcqRel);
         self.bytes.fetch_add(frame.len(), Ordering::AcqRel);
-        self.queue.push(frame);
+        self.wait_swap(prev);
+        // SAFETY: as in `try_push`.
+        unsafe { self.queue.push(frame) };
         self.waker.wake();
     }
 
     /// Queue a Ping or Pong ahead of the waiting frames (after the frame
     /// being written, if any). Counted like a reply.
     pub fn push_control(&self, frame: Bytes) {
-        self.len.fetch_add(1, Ordering::AcqRel);
+        let prev = self.len.fetch_add(1, Ordering::AcqRel);
         self.bytes.fetch_add(frame.len(), Ordering::AcqRel);
-        self.control.push(frame);
+        self.wait_swap(prev);
+        self.control_used.store(true, Ordering::Relaxed);
+        // SAFETY: as in `try_push`.
+        unsafe { self.control.push(frame) };
         self.waker.wake();
     }
 
@@ -154,7 +239,7 @@ impl Outbox {
 
     /// Frames not yet written.
     pub fn len(&self) -> usize {
-        self.len.load(Ordering::Acquire)
+        self.len.load(Ordering::Acquire) & !RECLAIMING
     }
 
     /// Whether nothing is waiting to be written.
@@ -184,9 +269,10 @@ impl Outbox {
     /// Move up to `max_frames` frames (and roughly `max_bytes` bytes) into
     /// `batch`. They stay counted until [`Outbox::written`].
     pub fn pop_batch(&self, batch: &mut impl Extend<Bytes>, max_frames: usize, max_bytes: usize) {
+        let queues = self.consume();
         let (mut frames, mut bytes) = (0, 0);
         while frames < max_frames && bytes < max_bytes {
-            match self.control.pop().or_else(|| self.queue.pop()) {
+            match queues.pop() {
                 Some(f) => {
                     frames += 1;
                     bytes += f.len();
@@ -206,11 +292,161 @@ impl Outbox {
     /// Drop everything queued (a slow consumer being disconnected).
     pub fn discard(&self) {
         let (mut frames, mut bytes) = (0, 0);
-        while let Some(f) = self.control.pop().or_else(|| self.queue.pop()) {
-            frames += 1;
-            bytes += f.len();
+        {
+            let queues = self.consume();
+            while let Some(f) = queues.pop() {
+                frames += 1;
+                bytes += f.len();
+            }
         }
         self.written(frames, bytes);
+    }
+
+    /// Give back the queues' blocks if everything queued has been written
+    /// (see the module docs). After fan-out frames the publication queue
+    /// keeps its block unless `all`, so that a member of a busy group does
+    /// not allocate a block per publication; the connection passes `all` on
+    /// its timer. Returns whether both queues were released (false: call
+    /// again later).
+    pub fn release_idle(&self, all: bool) -> bool {
+        let keep_queue = !all && self.fanned_out.load(Ordering::Relaxed);
+        let release_control = self.control_used.load(Ordering::Relaxed);
+        if keep_queue && !release_control {
+            // Nothing to give back now; the timer will.
+            return false;
+        }
+        if self.len.load(Ordering::Relaxed) != 0 {
+            return false;
+        }
+        let Some(_guard) = self.try_consume() else {
+            return false;
+        };
+        if self
+            .len
+            .compare_exchange(0, RECLAIMING, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            return false;
+        }
+        // SAFETY: `len` was 0, so nothing is queued and no push is under
+        // way; pushes that start now wait for RECLAIMING to clear, and the
+        // consumer guard keeps out pops. Only pointer swaps happen here.
+        let (old_control, old_queue) = unsafe {
+            let control = self.control.take();
+            let queue = if keep_queue { None } else { Some(self.queue.take()) };
+            (control, queue)
+        };
+        self.control_used.store(false, Ordering::Relaxed);
+        if !keep_queue {
+            self.fanned_out.store(false, Ordering::Relaxed);
+        }
+        self.len.fetch_and(!RECLAIMING, Ordering::Release);
+        // Freed after the gate is open again.
+        drop(old_control);
+        let released = old_queue.is_some();
+        drop(old_queue);
+        released
+    }
+
+    /// Take the consumer guard (free unless the one-consumer rule is
+    /// broken, when this waits for the other consumer).
+    fn consume(&self) -> Consuming<'_> {
+        loop {
+            if let Some(g) = self.try_consume() {
+                return g;
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    fn try_consume(&self) -> Option<Consuming<'_>> {
+        (!self.consuming.swap(true, Ordering::Acquire)).then_some(Consuming(self))
+    }
+}
+
+/// The consumer guard: while it is held the queues are not swapped.
+struct Consuming<'a>(&'a Outbox);
+
+impl Consuming<'_> {
+    /// The next frame: control frames first.
+    fn pop(&self) -> Option<Bytes> {
+        // SAFETY: the guard excludes `release_idle`, the only one that
+        // frees the queues.
+        unsafe { self.0.control.pop().or_else(|| self.0.queue.pop()) }
+    }
+}
+
+/// A segmented queue allocated on its first push, so that an idle
+/// connection holds neither the queue (two cache lines) nor a block.
+struct LazyQueue(AtomicPtr<SegQueue<Bytes>>);
+
+impl LazyQueue {
+    const fn new() -> Self {
+        Self(AtomicPtr::new(ptr::null_mut()))
+    }
+
+    /// # Safety
+    ///
+    /// No [`LazyQueue::take`] may run meanwhile (the caller holds an
+    /// increment of the outbox's `len` and has waited out `RECLAIMING`).
+    unsafe fn push(&self, frame: Bytes) {
+        let mut q = self.0.load(Ordering::Acquire);
+        if q.is_null() {
+            let new = Box::into_raw(Box::new(SegQueue::new()));
+            match self
+                .0
+                .compare_exchange(ptr::null_mut(), new, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => q = new,
+                Err(current) => {
+                    // Another producer installed one first.
+                    // SAFETY: `new` was never shared.
+                    drop(unsafe { Box::from_raw(new) });
+                    q = current;
+                }
+            }
+        }
+        // SAFETY: non-null pointers come from `Box::into_raw` and are
+        // freed only by `take`, which the caller excludes.
+        unsafe { (*q).push(frame) }
+    }
+
+    /// # Safety
+    ///
+    /// Consumer only (the caller holds the outbox's consumer guard), so no
+    /// [`LazyQueue::take`] runs meanwhile.
+    unsafe fn pop(&self) -> Option<Bytes> {
+        let q = self.0.load(Ordering::Acquire);
+        // SAFETY: as in `push`.
+        (!q.is_null()).then(|| unsafe { (*q).pop() }).flatten()
+    }
+
+    /// Detach the queue, to be dropped by the caller.
+    ///
+    /// # Safety
+    ///
+    /// No push or pop may run meanwhile: the caller holds the consumer
+    /// guard and has turned the outbox's `len` from 0 into `RECLAIMING`.
+    unsafe fn take(&self) -> Option<Box<SegQueue<Bytes>>> {
+        let q = self.0.swap(ptr::null_mut(), Ordering::AcqRel);
+        // SAFETY: from `Box::into_raw`, and nobody else can reach it now.
+        (!q.is_null()).then(|| unsafe { Box::from_raw(q) })
+    }
+}
+
+impl Drop for LazyQueue {
+    fn drop(&mut self) {
+        let q = *self.0.get_mut();
+        if !q.is_null() {
+            // SAFETY: from `Box::into_raw`; `&mut self` excludes everyone.
+            drop(unsafe { Box::from_raw(q) });
+        }
+    }
+}
+
+impl Drop for Consuming<'_> {
+    fn drop(&mut self) {
+        self.0.consuming.store(false, Ordering::Release);
     }
 }
 
@@ -242,6 +478,85 @@ mod tests {
         let o = Outbox::new(1, 10, 4);
         o.try_push(Bytes::from_static(b"123456")).unwrap();
         assert_eq!(o.try_push(Bytes::from_static(b"1")), Err(PushError::Full));
+    }
+
+    #[test]
+    fn release_idle_only_when_everything_is_written() {
+        let o = Outbox::new(1, 10, 100);
+        o.push_reply(Bytes::from_static(b"ab"));
+        o.push_control(Bytes::from_static(b"p"));
+        assert!(!o.release_idle(true), "frames queued");
+        let mut batch = Vec::new();
+        o.pop_batch(&mut batch, 64, 1 << 20);
+        assert_eq!(batch, [Bytes::from_static(b"p"), Bytes::from_static(b"ab")]);
+        assert!(!o.release_idle(true), "popped but not written");
+        o.written(2, 3);
+        // Replies and control frames only: everything goes.
+        assert!(o.release_idle(false));
+        // Fan-out keeps its block until the timer's release.
+        o.try_push(Bytes::from_static(b"x")).unwrap();
+        batch.clear();
+        o.pop_batch(&mut batch, 64, 1 << 20);
+        o.written(1, 1);
+        assert!(!o.release_idle(false));
+        assert!(o.release_idle(true));
+        // Still a working queue afterwards, limits included.
+        for _ in 0..10 {
+            o.try_push(Bytes::from_static(b"y")).unwrap();
+        }
+        assert_eq!(o.try_push(Bytes::from_static(b"y")), Err(PushError::Full));
+        assert_eq!((o.len(), o.bytes()), (10, 10));
+        o.discard();
+        assert_eq!((o.len(), o.bytes()), (0, 0));
+        assert!(o.release_idle(true));
+    }
+
+    #[test]
+    fn release_idle_races_with_pushers() {
+        use std::sync::Arc;
+        const PRODUCERS: u64 = 4;
+        const PER: u64 = 20_000;
+        let o = Arc::new(Outbox::new(1, 1 << 20, 1 << 30));
+        let producers: Vec<_> = (0..PRODUCERS)
+            .map(|p| {
+                let o = o.clone();
+                std::thread::spawn(move || {
+                    for i in 0..PER {
+                        let mut f = p.to_be_bytes().to_vec();
+                        f.extend_from_slice(&i.to_be_bytes());
+                        o.try_push(Bytes::from(f)).unwrap();
+                        if i % 64 == 0 {
+                            std::thread::yield_now();
+                        }
+                    }
+                })
+            })
+            .collect();
+        let mut next = [0u64; PRODUCERS as usize];
+        let (mut got, mut releases) = (0, 0);
+        let mut batch = Vec::new();
+        while got < PRODUCERS * PER {
+            o.pop_batch(&mut batch, 7, usize::MAX);
+            let n = batch.len();
+            for f in batch.drain(..) {
+                let p = u64::from_be_bytes(f[..8].try_into().unwrap()) as usize;
+                let i = u64::from_be_bytes(f[8..].try_into().unwrap());
+                assert_eq!(i, next[p], "producer {p}: frames lost or reordered");
+                next[p] += 1;
+            }
+            o.written(n, 16 * n);
+            got += n as u64;
+            if o.release_idle(got % 2 == 0) {
+                releases += 1;
+            }
+        }
+        for p in producers {
+            p.join().unwrap();
+        }
+        assert_eq!((o.len(), o.bytes()), (0, 0));
+        assert!(o.release_idle(true));
+        // Not asserted: how often the consumer found the queue drained.
+        let _ = releases;
     }
 
     #[test]

@@ -41,18 +41,30 @@ static PING: [u8; 2] = [0x89, 0x00];
 
 /// Run a session on an upgraded stream until it ends.
 /// `early` holds bytes the client sent right after its handshake.
-pub async fn run<S>(node: Arc<Node>, io: S, early: Bytes, mode: Mode, grant: Option<Grant>)
+///
+/// The connection is registered when this is called; the future returned
+/// runs the session. It holds only the session (arguments of an `async fn`
+/// would stay in every connection's future for its whole life).
+pub fn run<S>(
+    node: Arc<Node>,
+    io: S,
+    early: Bytes,
+    mode: Mode,
+    grant: Option<Grant>,
+) -> impl Future<Output = ()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let outbox = node.hub.register(mode == Mode::Protocol);
-    let id = outbox.id();
-    let conn = Conn::new(
+    let mut conn = Conn::new(
         io,
         outbox.clone(),
         node.config.max_message_size,
         node.stats.clone(),
     );
+    // Events and errors come out of the session's first `Conn::next`.
+    conn.feed(&early);
+    drop(early);
     let mut session = Session {
         node: node.clone(),
         conn,
@@ -70,9 +82,11 @@ where
         rate: (node.config.message_rate > 0)
             .then(|| MessageBucket::new(node.config.message_rate, node.config.message_burst())),
     };
-    let reason = session.serve(early).await;
-    debug!(conn = id, ?reason, "connection closed");
-    session.cleanup().await;
+    async move {
+        let reason = session.serve().await;
+        debug!(conn = session.outbox.id(), ?reason, "connection closed");
+        session.cleanup().await;
+    }
 }
 
 /// What a served request still needs.
@@ -103,7 +117,7 @@ struct Session<S> {
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// The main loop; returns why the connection ended, after the close
     /// handshake (if any) is done.
-    async fn serve(&mut self, early: Bytes) -> Option<Disconnect> {
+    async fn serve(&mut self) -> Option<Disconnect> {
         if self.node.shutdown.is_cancelled() {
             // Shutdown began while this connection was being upgraded.
             self.outbox.request_close(close::GOING_AWAY);
@@ -112,7 +126,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             self.outbox.push_reply(protocol::welcome(self.outbox.id()));
             self.next_ping = self.node.config.ping().map(|p| Instant::now() + p);
         }
-        self.conn.feed(&early);
         self.arm_timer();
         loop {
             let incoming = match self.conn.next().await {
@@ -154,7 +167,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     match self.mode {
                         Mode::Echo => self.echo(OP_TEXT, text),
                         Mode::Protocol => match self.rate_check() {
-                            RateVerdict::Allow => self.on_text(text).await,
+                            // Boxed: the request handler's state is most of
+                            // this future, and an idle connection's task
+                            // should not carry it.
+                            RateVerdict::Allow => Box::pin(self.on_text(text)).await,
                             RateVerdict::Reject => self.reject_text(&text),
                             RateVerdict::Close => return self.close(Disconnect::RateLimited).await,
                         },
@@ -167,7 +183,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     match self.mode {
                         Mode::Echo => self.echo(OP_BINARY, bin),
                         Mode::Protocol => match self.rate_check() {
-                            RateVerdict::Allow => self.on_binary(bin).await,
+                            RateVerdict::Allow => Box::pin(self.on_binary(bin)).await,
                             RateVerdict::Reject => self.reply_error(&rate_limited(None)),
                             RateVerdict::Close => return self.close(Disconnect::RateLimited).await,
                         },
