@@ -61,7 +61,7 @@ const DEFAULTS: [(&str, &str); 4] = [
     ("--message-rate", "0"),
     ("--connect-rate-per-ip", "0"),
     ("--max-connections-per-ip", "0"),
-    ("--log-level", "warn"),
+    ("--log-level", "error"),
 ];
 
 /// A `roomcast serve` started by the load tool, killed when dropped.

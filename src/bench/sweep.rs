@@ -244,7 +244,8 @@ pub async fn run(common: &Common, args: &SweepArgs, fd_limit: u64) -> anyhow::Re
     }
     let csv_path = args.out.join(format!("{name}.csv"));
     let svg_path = args.out.join(format!("{name}.svg"));
-    let columns = numeric_columns(&points);
+    let mut columns = numeric_columns(&points);
+    columns.retain(|c| c != args.param.name());
     std::fs::write(&csv_path, csv(args.param, &columns, &points))
         .with_context(|| format!("writing {}", csv_path.display()))?;
     let panels: Vec<Panel> = args
@@ -285,11 +286,14 @@ pub async fn run(common: &Common, args: &SweepArgs, fd_limit: u64) -> anyhow::Re
     report.push("param", args.param.name());
     report.push("csv", csv_path.display().to_string());
     report.push("svg", svg_path.display().to_string());
-    report.push(
-        "points",
-        Value::Array(points.iter().map(|(_, r)| r.to_json()).collect()),
-    );
-    report.text = Some(aligned(&csv(args.param, &columns, &points)));
+    if common.json {
+        report.push(
+            "points",
+            Value::Array(points.iter().map(|(_, r)| r.to_json()).collect()),
+        );
+    } else {
+        report.text = Some(aligned(&csv(args.param, &columns, &points)));
+    }
     Ok(report)
 }
 
