@@ -77,7 +77,11 @@ fn main() -> ExitCode {
             std::process::exit(runtime.block_on(roomcast::client::run_stdio(args)))
         }
         Command::Bench(args) => {
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            if args.common.threads > 0 {
+                builder.worker_threads(args.common.threads);
+            }
+            let runtime = match builder.enable_all().build() {
                 Ok(r) => r,
                 Err(e) => return fail(&e),
             };

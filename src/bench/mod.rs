@@ -87,6 +87,10 @@ pub struct Common {
     /// Connection attempts in flight at once.
     #[arg(long, global = true, default_value_t = 128, value_name = "N")]
     pub connect_concurrency: usize,
+    /// Threads of the load tool's runtime (0: one per core). The load tool
+    /// shares the machine's cores with the server under test.
+    #[arg(long, global = true, default_value_t = 0, value_name = "N")]
+    pub threads: usize,
     /// Print the report as one JSON object instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
