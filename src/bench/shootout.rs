@@ -180,7 +180,27 @@ pub async fn run(ctx: &Ctx, args: &ShootoutArgs) -> anyhow::Result<Report> {
         "stopped",
         stopped.unwrap_or_else(|| "reached --max-clients".to_string()),
     );
-    report.push("steps", serde_json::Value::Array(steps));
+    if ctx.progress {
+        // A table for people; --json gets the steps as an array.
+        let mut text = format!(
+            "  {:>8}  {:>10}  {:>10}  {:>10}  {:>9}\n",
+            "clients", "p50 ms", "p95 ms", "max ms", "timed out"
+        );
+        for s in &steps {
+            let col = |k: &str| s[k].to_string();
+            text.push_str(&format!(
+                "  {:>8}  {:>10}  {:>10}  {:>10}  {:>9}\n",
+                col("clients"),
+                col("p50_ms"),
+                col("p95_ms"),
+                col("max_ms"),
+                col("timed_out")
+            ));
+        }
+        report.text = Some(text);
+    } else {
+        report.push("steps", serde_json::Value::Array(steps));
+    }
     Ok(report)
 }
 
