@@ -15,7 +15,8 @@ use tokio::time::Instant;
 use super::histogram::Histogram;
 use super::wire::Frame;
 use super::{
-    Conn, Ctx, Report, at_least_one, now_us, open_many, own_usage, parse_duration, push_server_usage,
+    Conn, Ctx, Report, at_least_one, now_us, open_many, own_usage, parse_duration, push_latency,
+    push_server_usage,
 };
 
 /// Options of the `echo` scenario.
@@ -83,16 +84,7 @@ pub async fn run(ctx: &Ctx, args: &EchoArgs) -> anyhow::Result<Report> {
     report.push("round_trips", n);
     report.push("failed_connections", failed);
     report.push_f("round_trips_per_sec", n as f64 / window.as_secs_f64(), 0);
-    let lat = latency.summary();
-    for (name, v) in [
-        ("latency_p50_ms", lat.p50),
-        ("latency_p90_ms", lat.p90),
-        ("latency_p99_ms", lat.p99),
-        ("latency_p999_ms", lat.p999),
-        ("latency_max_ms", lat.max),
-    ] {
-        report.push_f(name, v as f64 / 1000.0, 3);
-    }
+    push_latency(&mut report, &latency);
     push_server_usage(&mut report, server_before, server_after, window);
     report.push_f("client_cpu_seconds", own_after.cpu - own_before.cpu, 2);
     Ok(report)

@@ -25,7 +25,8 @@ use tokio::time::{Instant, MissedTickBehavior};
 use super::histogram::Histogram;
 use super::wire::Frame;
 use super::{
-    Conn, Ctx, Report, at_least_one, now_us, open_many, own_usage, parse_duration, push_server_usage,
+    Conn, Ctx, Report, at_least_one, now_us, open_many, own_usage, parse_duration, push_latency,
+    push_server_usage,
 };
 
 /// Options of the `fanout` scenario.
@@ -253,16 +254,7 @@ pub async fn run(ctx: &Ctx, args: &FanoutArgs) -> anyhow::Result<Report> {
     report.push("unexpected_frames", received.unexpected.load(Ordering::Relaxed));
     report.push("subscribers_closed", received.closed.load(Ordering::Relaxed));
     report.push_f("deliveries_per_sec", got as f64 / active.as_secs_f64(), 0);
-    let lat = received.latency.summary();
-    for (name, v) in [
-        ("latency_p50_ms", lat.p50),
-        ("latency_p90_ms", lat.p90),
-        ("latency_p99_ms", lat.p99),
-        ("latency_p999_ms", lat.p999),
-        ("latency_max_ms", lat.max),
-    ] {
-        report.push_f(name, v as f64 / 1000.0, 3);
-    }
+    push_latency(&mut report, &received.latency);
     push_server_usage(&mut report, server_before, server_after, publish_window);
     if let (Some(b), Some(a)) = (server_before, server_after) {
         report.push_f(

@@ -462,6 +462,20 @@ impl Report {
     }
 }
 
+/// Latency percentiles (recorded in microseconds) as `latency_*_ms`.
+pub fn push_latency(report: &mut Report, latency: &histogram::Histogram) {
+    let lat = latency.summary();
+    for (name, v) in [
+        ("latency_p50_ms", lat.p50),
+        ("latency_p90_ms", lat.p90),
+        ("latency_p99_ms", lat.p99),
+        ("latency_p999_ms", lat.p999),
+        ("latency_max_ms", lat.max),
+    ] {
+        report.push_f(name, v as f64 / 1000.0, 3);
+    }
+}
+
 /// Server CPU and memory over a measured window, added to `report`.
 pub fn push_server_usage(report: &mut Report, before: Option<Usage>, after: Option<Usage>, window: Duration) {
     if let (Some(b), Some(a)) = (before, after) {
