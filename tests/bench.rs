@@ -156,6 +156,26 @@ fn sweep_writes_csv_and_svg() {
 }
 
 #[test]
+fn floor_delivers_every_record_without_a_server() {
+    let out = Command::new(env!("CARGO_BIN_EXE_roomcast"))
+        .args(["bench", "--json", "--sources", "2", "floor"])
+        .args(["-c", "40", "-g", "4", "-r", "400", "-d", "500ms"])
+        .output()
+        .expect("run roomcast bench floor");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(r["scenario"], "floor");
+    // 200 publications round-robin over 4 groups of 10 members.
+    assert_eq!(num(&r, "published"), 200.0);
+    assert_eq!(num(&r, "expected"), 2000.0, "{r}");
+    assert_eq!(num(&r, "received"), 2000.0, "{r}");
+    assert_eq!(num(&r, "lost"), 0.0);
+    assert_eq!(num(&r, "out_of_order"), 0.0);
+    assert!(num(&r, "frames_per_write") >= 1.0, "{r}");
+    assert!(num(&r, "latency_p50_ms") <= num(&r, "latency_max_ms"));
+}
+
+#[test]
 fn bad_options_fail_clearly() {
     for (args, expected) in [
         (vec!["fanout", "-s", "8"], "--size must be at least 32"),
@@ -164,6 +184,8 @@ fn bad_options_fail_clearly() {
             "does not apply",
         ),
         (vec!["connections", "-c", "2000000000"], "open-file limit"),
+        (vec!["floor", "-c", "2000000000"], "open-file limit"),
+        (vec!["--spawn", "floor", "-c", "10"], "runs no server"),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_roomcast"))
             .arg("bench")

@@ -11,6 +11,8 @@
 //! - [`histogram`]: one lock-free latency histogram shared by all tasks.
 //! - [`process`]: `/proc` sampling and the spawned server.
 //! - [`connections`], [`fanout`], [`echo`], [`shootout`]: the scenarios.
+//! - [`floor`]: the fan-out pattern over loopback TCP with no server, the
+//!   machine's floor for those numbers.
 //! - [`sweep`] and [`chart`]: one scenario over a list of values, written
 //!   as CSV and an SVG chart.
 //!
@@ -21,6 +23,7 @@ pub mod chart;
 pub mod connections;
 pub mod echo;
 pub mod fanout;
+pub mod floor;
 pub mod histogram;
 pub mod process;
 pub mod shootout;
@@ -112,6 +115,9 @@ pub enum Scenario {
     Shootout(shootout::ShootoutArgs),
     /// Run one scenario over a list of values; write CSV and an SVG chart.
     Sweep(sweep::SweepArgs),
+    /// The fan-out pattern over loopback TCP with no server: an ideal
+    /// writer and reader in this process, the floor this machine allows.
+    Floor(floor::FloorArgs),
 }
 
 /// Run `roomcast bench`; prints the report.
@@ -120,6 +126,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let common = args.common;
     let report = match &args.scenario {
         Scenario::Sweep(sweep) => sweep::run(&common, sweep, fd_limit).await?,
+        Scenario::Floor(floor) => {
+            if common.spawn || common.server_pid.is_some() {
+                bail!("the floor scenario runs no server: drop --spawn and --server-pid");
+            }
+            let (floor, sources) = (floor.clone(), common.sources);
+            tokio::task::spawn_blocking(move || floor::run(&floor, sources, fd_limit)).await??
+        }
         scenario => {
             let server = Server::start(&common)?;
             let ctx = Ctx::new(&common, &server, fd_limit)?;
@@ -142,6 +155,7 @@ async fn run_one(ctx: &Ctx, scenario: &Scenario) -> anyhow::Result<Report> {
         Scenario::Echo(a) => echo::run(ctx, a).await?,
         Scenario::Shootout(a) => shootout::run(ctx, a).await?,
         Scenario::Sweep(_) => bail!("a sweep cannot contain a sweep"),
+        Scenario::Floor(_) => bail!("the floor scenario runs on its own, without a server"),
     };
     report.push("client_fd_limit", ctx.fd_limit);
     report.push("source_addresses", ctx.sources.len());
