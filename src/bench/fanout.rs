@@ -23,6 +23,7 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use super::histogram::Histogram;
+use super::subscribers::Subscribers;
 use super::wire::Frame;
 use super::{
     Conn, Ctx, Report, at_least_one, now_us, open_many, own_usage, parse_duration, push_latency,
@@ -55,21 +56,26 @@ pub struct FanoutArgs {
     /// deliveries before counting the rest as lost.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub drain: Duration,
+    /// Threads reading the subscribers, each a plain epoll loop outside
+    /// the runtime; 0 reads each subscriber in its own runtime task instead
+    /// (costlier per delivery, kept for comparison).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub subscriber_threads: usize,
 }
 
 /// What subscribers count, shared by all of them.
 #[derive(Debug, Default)]
-struct Received {
-    messages: AtomicU64,
-    out_of_order: AtomicU64,
-    duplicates: AtomicU64,
+pub(super) struct Received {
+    pub messages: AtomicU64,
+    pub out_of_order: AtomicU64,
+    pub duplicates: AtomicU64,
     /// Text frames that were not a delivery of ours.
-    unexpected: AtomicU64,
+    pub unexpected: AtomicU64,
     /// Subscribers the server closed (e.g. slow consumer, 4001).
-    closed: AtomicU64,
+    pub closed: AtomicU64,
     /// When the last delivery arrived ([`now_us`]).
-    last_us: AtomicU64,
-    latency: Histogram,
+    pub last_us: AtomicU64,
+    pub latency: Histogram,
 }
 
 /// What one publisher did.
@@ -85,7 +91,7 @@ struct Published {
 static DATA: std::sync::LazyLock<Finder<'static>> = std::sync::LazyLock::new(|| Finder::new(br#""data":""#));
 
 /// The `(publisher, seq, timestamp)` in a delivery's data.
-fn parse_delivery(text: &[u8]) -> Option<(u64, u64, u64)> {
+pub(super) fn parse_delivery(text: &[u8]) -> Option<(u64, u64, u64)> {
     let at = DATA.find(text)? + 8;
     let mut fields = text[at..].splitn(4, |&b| b == b':');
     let mut num = || -> Option<u64> { std::str::from_utf8(fields.next()?).ok()?.parse().ok() };
@@ -146,8 +152,18 @@ pub async fn run(ctx: &Ctx, args: &FanoutArgs) -> anyhow::Result<Report> {
 
     let received = Arc::new(Received::default());
     let mut sub_tasks = JoinSet::new();
-    for conn in subs.conns {
-        sub_tasks.spawn(subscribe(conn, received.clone(), args.publishers));
+    let mut sub_threads = None;
+    if args.subscriber_threads == 0 {
+        for conn in subs.conns {
+            sub_tasks.spawn(subscribe(conn, received.clone(), args.publishers));
+        }
+    } else {
+        sub_threads = Some(Subscribers::start(
+            subs.conns,
+            args.subscriber_threads,
+            received.clone(),
+            args.publishers,
+        )?);
     }
 
     let server_before = ctx.server_usage()?;
@@ -217,6 +233,9 @@ pub async fn run(ctx: &Ctx, args: &FanoutArgs) -> anyhow::Result<Report> {
     spinner.finish_and_clear();
     sub_tasks.abort_all();
     while sub_tasks.join_next().await.is_some() {}
+    if let Some(threads) = sub_threads {
+        tokio::task::spawn_blocking(move || threads.stop()).await?;
+    }
 
     let got = received.messages.load(Ordering::Relaxed);
     let active = Duration::from_micros(received.last_us.load(Ordering::Relaxed).saturating_sub(start_us))
@@ -269,16 +288,16 @@ pub async fn run(ctx: &Ctx, args: &FanoutArgs) -> anyhow::Result<Report> {
 
 /// One subscriber's counts not yet added to the shared ones.
 #[derive(Debug, Default)]
-struct Local {
-    n: u64,
-    out_of_order: u64,
-    duplicates: u64,
-    unexpected: u64,
-    max: u64,
+pub(super) struct Local {
+    pub n: u64,
+    pub out_of_order: u64,
+    pub duplicates: u64,
+    pub unexpected: u64,
+    pub max: u64,
 }
 
 impl Local {
-    fn flush(&mut self, shared: &Received) {
+    pub fn flush(&mut self, shared: &Received) {
         if self.n > 0 {
             shared.messages.fetch_add(self.n, Ordering::Relaxed);
             shared.last_us.fetch_max(now_us(), Ordering::Relaxed);

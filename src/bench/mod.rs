@@ -11,6 +11,7 @@
 //! - [`histogram`]: one lock-free latency histogram shared by all tasks.
 //! - [`process`]: `/proc` sampling and the spawned server.
 //! - [`connections`], [`fanout`], [`echo`], [`shootout`]: the scenarios.
+//! - [`subscribers`]: fan-out subscribers on plain epoll threads.
 //! - [`floor`]: the fan-out pattern over loopback TCP with no server, the
 //!   machine's floor for those numbers.
 //! - [`sweep`] and [`chart`]: one scenario over a list of values, written
@@ -27,6 +28,7 @@ pub mod floor;
 pub mod histogram;
 pub mod process;
 pub mod shootout;
+pub mod subscribers;
 pub mod sweep;
 pub mod wire;
 

@@ -177,6 +177,26 @@ pub async fn connect(
     Ok((reader, Writer::new(w)))
 }
 
+/// Append a client frame (masked, as RFC 6455 requires) to `out`.
+pub fn masked_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8], rng: &mut fastrand::Rng) {
+    let len = payload.len();
+    out.push(0x80 | opcode);
+    if len < 126 {
+        out.push(0x80 | len as u8);
+    } else if len <= u16::MAX as usize {
+        out.push(0x80 | 126);
+        out.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        out.push(0x80 | 127);
+        out.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    let mask = rng.u32(..).to_ne_bytes();
+    out.extend_from_slice(&mask);
+    let at = out.len();
+    out.extend_from_slice(payload);
+    crate::ws::mask::apply_mask(&mut out[at..], mask, 0);
+}
+
 /// Send the upgrade request, check the `101`; returns bytes read past it.
 async fn handshake(stream: &mut TcpStream, target: &Target) -> Result<Vec<u8>, ConnectError> {
     let request = format!(
@@ -242,6 +262,23 @@ pub enum Frame<'a> {
     Close(u16),
 }
 
+impl<'a> Frame<'a> {
+    /// The frame with `opcode` (one [`parse`] accepted) and `payload`.
+    pub fn new(opcode: u8, payload: &'a [u8]) -> Self {
+        match opcode {
+            0x1 => Frame::Text(payload),
+            0x2 => Frame::Binary(payload),
+            0x9 => Frame::Ping(payload),
+            0xA => Frame::Pong,
+            _ => Frame::Close(if payload.len() >= 2 {
+                u16::from_be_bytes([payload[0], payload[1]])
+            } else {
+                1005
+            }),
+        }
+    }
+}
+
 /// The reading half of a connection.
 #[derive(Debug)]
 pub struct Reader<R> {
@@ -259,6 +296,12 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             start: 0,
             end: 0,
         }
+    }
+
+    /// The stream and the bytes buffered but not yet handed out.
+    pub fn into_parts(self) -> (R, Vec<u8>) {
+        let rest = self.buf[self.start..self.end].to_vec();
+        (self.io, rest)
     }
 
     /// Whether a whole or partial frame is already buffered (a caller that
@@ -286,18 +329,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                         self.start = 0;
                         self.end = 0;
                     }
-                    let payload = &self.buf[from..to];
-                    return Ok(Some(match opcode {
-                        0x1 => Frame::Text(payload),
-                        0x2 => Frame::Binary(payload),
-                        0x9 => Frame::Ping(payload),
-                        0xA => Frame::Pong,
-                        _ => Frame::Close(if payload.len() >= 2 {
-                            u16::from_be_bytes([payload[0], payload[1]])
-                        } else {
-                            1005
-                        }),
-                    }));
+                    return Ok(Some(Frame::new(opcode, &self.buf[from..to])));
                 }
                 Parsed::Need(total) => {
                     // Make room: move the partial frame to the front, grow
@@ -321,7 +353,8 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     }
 }
 
-enum Parsed {
+/// The result of [`parse`].
+pub enum Parsed {
     /// A whole frame: its opcode, header length and payload length.
     Frame { opcode: u8, header: usize, len: usize },
     /// Not enough bytes: at least this many are needed from the start.
@@ -329,7 +362,7 @@ enum Parsed {
 }
 
 /// Parse one server frame header at the start of `b`.
-fn parse(b: &[u8]) -> io::Result<Parsed> {
+pub fn parse(b: &[u8]) -> io::Result<Parsed> {
     if b.len() < 2 {
         return Ok(Parsed::Need(2));
     }
@@ -392,22 +425,12 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
 
     /// Append a masked frame with `opcode`.
     pub fn frame(&mut self, opcode: u8, payload: &[u8]) {
-        let len = payload.len();
-        self.out.push(0x80 | opcode);
-        if len < 126 {
-            self.out.push(0x80 | len as u8);
-        } else if len <= u16::MAX as usize {
-            self.out.push(0x80 | 126);
-            self.out.extend_from_slice(&(len as u16).to_be_bytes());
-        } else {
-            self.out.push(0x80 | 127);
-            self.out.extend_from_slice(&(len as u64).to_be_bytes());
-        }
-        let mask = self.rng.u32(..).to_ne_bytes();
-        self.out.extend_from_slice(&mask);
-        let at = self.out.len();
-        self.out.extend_from_slice(payload);
-        crate::ws::mask::apply_mask(&mut self.out[at..], mask, 0);
+        masked_frame(&mut self.out, opcode, payload, &mut self.rng);
+    }
+
+    /// The stream.
+    pub fn into_inner(self) -> W {
+        self.io
     }
 
     /// Bytes encoded and not yet flushed.
