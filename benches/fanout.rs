@@ -26,6 +26,8 @@ fn fanout(c: &mut Criterion) {
                 queue_bytes: 1 << 20,
                 policy: SlowConsumerPolicy::Disconnect,
                 no_echo: false,
+                // Queueing only: no shard tasks run here.
+                flushers: 0,
             },
             Arc::default(),
         );

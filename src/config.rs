@@ -82,6 +82,14 @@ pub struct Config {
     #[arg(long, env = "ROOMCAST_QUEUE_BYTES", value_name = "BYTES", default_value_t = 1024 * 1024)]
     pub queue_bytes: usize,
 
+    /// Flush shards: tasks that write queued frames to plain TCP sockets
+    /// in the order they were published, one `writev` per socket per turn,
+    /// instead of waking each connection's task (see docs/configuration.md);
+    /// 0 turns this off. Default: one per CPU core.
+    #[arg(long, env = "ROOMCAST_FLUSHERS", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flushers: Option<usize>,
+
     /// What happens when a client's outbound queue is full: `disconnect`
     /// closes it with code 4001, `drop` skips the message for that client.
     #[arg(long, env = "ROOMCAST_SLOW_CONSUMER", value_enum, default_value_t = SlowConsumerPolicy::Disconnect)]
@@ -246,6 +254,7 @@ impl Default for Config {
             idle_timeout: Duration::from_secs(60),
             queue_messages: 1024,
             queue_bytes: 1024 * 1024,
+            flushers: None,
             slow_consumer: SlowConsumerPolicy::Disconnect,
             max_groups_per_connection: 128,
             drain_timeout: Duration::from_secs(10),
@@ -495,6 +504,9 @@ impl Config {
         }
         if shown.log_level.is_none() {
             out.push_str("# log_level = \"info\"   # unset: RUST_LOG, or info\n");
+        }
+        if shown.flushers.is_none() {
+            out.push_str("# flushers = 2   # unset: one per CPU core; 0: off\n");
         }
         if shown.tls_cert.is_none() {
             out.push_str(

@@ -20,12 +20,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-use crate::metrics::{Protocol, Written};
-use crate::outbox::Outbox;
+use crate::outbox::{BATCH_BYTES, CLOSE_HEADER, HeadKind, MAX_IOV, Outbox, advance};
 use crate::stats::Stats;
 use crate::ws::{Decoder, Event, ProtocolError};
 
@@ -33,13 +32,6 @@ use crate::ws::{Decoder, Event, ProtocolError};
 const READ_CHUNK: usize = 16 * 1024;
 /// Reads per poll before yielding to other tasks.
 const READS_PER_POLL: usize = 8;
-/// Most frames in one vectored write.
-const MAX_IOV: usize = 64;
-/// Roughly the most bytes taken from the outbox for one batch.
-const BATCH_BYTES: usize = 256 * 1024;
-/// First byte of a Close frame (FIN + opcode 8). Every outbox entry is a
-/// whole frame, so an entry starting with it is a Close.
-const CLOSE_HEADER: u8 = 0x88;
 
 /// What the connection's task must handle next.
 #[derive(Debug)]
@@ -94,10 +86,23 @@ pub struct Conn<S> {
     stats: Arc<Stats>,
     /// How the batch's first frame counts in the metrics, noted before any
     /// of it is written (a partly written frame has lost its header).
-    head_kind: Option<Option<(Protocol, usize)>>,
+    head_kind: HeadKind,
+    /// The socket can be written by the outbox's flush shard (plain TCP
+    /// with a running shard; see `outbox`'s module docs).
+    direct: bool,
     /// The outbox may hold queue blocks: frames were taken from it since
     /// the last [`Outbox::release_idle`] that gave everything back.
     outbox_warm: bool,
+}
+
+impl<S> Drop for Conn<S> {
+    fn drop(&mut self) {
+        // The socket closes with `io`, right after this: the shard must
+        // be done with its descriptor first.
+        if self.direct {
+            self.outbox.stop_direct();
+        }
+    }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
@@ -120,6 +125,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             stats,
             head_kind: None,
             outbox_warm: false,
+            direct: false,
+        }
+    }
+
+    /// Let the outbox's flush shard write to this connection's socket,
+    /// `fd`, while the task has nothing of its own to write. `fd` must be
+    /// the descriptor of the plain TCP stream this `Conn` owns.
+    pub fn enable_direct_writes(&mut self, fd: std::os::fd::RawFd) {
+        self.direct = self.outbox.attach_fd(fd);
+    }
+
+    /// Write from the task only, from now on (closing).
+    pub fn stop_direct_writes(&mut self) {
+        if self.direct {
+            self.outbox.stop_direct();
+            self.direct = false;
         }
     }
 
@@ -220,8 +241,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             // Park the timer far away until the session sets it again.
             t.as_mut()
                 .reset(Instant::now() + std::time::Duration::from_secs(86400 * 365));
-            // A quiet moment: give back the queue block that fan-out keeps.
-            if self.outbox_warm && self.batch.is_empty() {
+            // A quiet moment: give back the queue block that fan-out keeps
+            // (the flush shard may have taken frames too).
+            if (self.outbox_warm || self.direct) && self.batch.is_empty() {
                 self.outbox_warm = !self.outbox.release_idle(true);
             }
             return Poll::Ready(Ok(Incoming::Timer));
@@ -247,6 +269,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// socket would block. `Ready(Ok)` means everything queued is written.
     fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.outbox.register(cx);
+        // While the shard writes, the task has nothing to do here, unless
+        // frames are waiting: then it takes the writing back and writes
+        // them now (its own replies should not wait for the shard's turn).
+        if self.direct && self.outbox.flusher_owns(!self.outbox.is_empty()) {
+            return Poll::Ready(Ok(()));
+        }
+        if self.batch.is_empty()
+            && let Some(spill) = self.outbox.take_spill()
+        {
+            self.batch = spill.frames;
+            self.head_kind = spill.head_kind;
+            self.outbox_warm = true;
+            self.check_close();
+        }
         loop {
             if self.batch.is_empty() {
                 self.take_batch();
@@ -264,6 +300,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     if self.unflushed {
                         ready!(Pin::new(&mut self.io).poll_flush(cx))?;
                         self.unflushed = false;
+                    }
+                    if self.direct && !self.close_queued {
+                        self.outbox.hand_off();
                     }
                     return Poll::Ready(Ok(()));
                 }
@@ -300,34 +339,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             }
             self.outbox.pop_batch(&mut self.batch, MAX_IOV, BATCH_BYTES);
             self.outbox_warm |= !self.batch.is_empty();
-            if let Some(at) = self.batch.iter().position(|f| f.first() == Some(&CLOSE_HEADER)) {
-                self.close_queued = true;
-                let late: Vec<Bytes> = self.batch.drain(at + 1..).collect();
-                self.outbox.written(late.len(), late.iter().map(Bytes::len).sum());
-            }
+            self.check_close();
         }
         if self.close_queued {
             self.outbox.discard();
         }
     }
 
-    /// Account `n` written bytes against the batch.
-    fn advance(&mut self, mut n: usize) {
-        let total = n;
-        let mut tally = Written::new(total);
-        while let Some(head) = self.batch.front_mut() {
-            let kind = *self.head_kind.get_or_insert_with(|| Protocol::of_frame(head));
-            if head.len() <= n {
-                n -= head.len();
-                self.batch.pop_front();
-                self.head_kind = None;
-                tally.frame(kind);
-            } else {
-                head.advance(n);
-                break;
-            }
+    /// Once a Close frame is in the batch, drop what follows it.
+    fn check_close(&mut self) {
+        if self.close_queued {
+            return;
         }
-        self.outbox.written(tally.frames as usize, total);
+        if let Some(at) = self.batch.iter().position(|f| f.first() == Some(&CLOSE_HEADER)) {
+            self.close_queued = true;
+            let late: Vec<Bytes> = self.batch.drain(at + 1..).collect();
+            self.outbox.written(late.len(), late.iter().map(Bytes::len).sum());
+        }
+    }
+
+    /// Account `n` written bytes against the batch.
+    fn advance(&mut self, n: usize) {
+        let tally = advance(&mut self.batch, &mut self.head_kind, n);
+        self.outbox.written(tally.frames as usize, n);
         if self.write_blocked {
             // The socket was full and took bytes again: the client's TCP
             // window opened, so the client is reading. (A write into a
@@ -345,6 +379,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// its Close is already here and the server closes TCP first, as RFC
     /// 6455 section 7.1.1 asks. Bounded by `deadline`.
     pub async fn finish(&mut self, deadline: Instant, await_client_close: bool) {
+        self.stop_direct_writes();
         let work = async {
             if poll_fn(|cx| self.poll_write_out(cx)).await.is_err() {
                 return;

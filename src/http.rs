@@ -174,7 +174,8 @@ fn start_session(
         Ok(parts) => {
             let early = early_bytes(parts.read_buf);
             let io = parts.io.into_inner();
-            return Some(Either::Left(session::run(node, io, early, mode, grant)));
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&io);
+            return Some(Either::Left(session::run(node, io, early, mode, grant, Some(fd))));
         }
         Err(upgraded) => upgraded,
     };
@@ -184,7 +185,7 @@ fn start_session(
     let early = early_bytes(parts.read_buf);
     let io = parts.io.into_inner();
     Some(Either::Right(Box::pin(session::run(
-        node, io, early, mode, grant,
+        node, io, early, mode, grant, None,
     ))))
 }
 

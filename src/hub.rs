@@ -19,6 +19,7 @@ use indexmap::IndexMap;
 
 use crate::config::SlowConsumerPolicy;
 use crate::disconnect::Disconnect;
+use crate::flush::Flusher;
 use crate::metrics::CloseReason;
 use crate::outbox::{ConnId, Outbox, PushError};
 use crate::stats::Stats;
@@ -48,6 +49,8 @@ pub struct HubConfig {
     pub policy: SlowConsumerPolicy,
     /// Do not deliver a publication back to its publisher.
     pub no_echo: bool,
+    /// Flush shards for direct writes (0: none).
+    pub flushers: usize,
 }
 
 /// Result of a join.
@@ -81,6 +84,7 @@ pub struct Hub {
     next_id: AtomicU64,
     config: HubConfig,
     stats: Arc<Stats>,
+    flusher: Flusher,
 }
 
 impl Hub {
@@ -91,9 +95,16 @@ impl Hub {
             conns: (0..CONN_SHARDS).map(|_| Mutex::default()).collect(),
             hasher: RandomState::new(),
             next_id: AtomicU64::new(1),
+            flusher: Flusher::new(config.flushers, stats.clone()),
             config,
             stats,
         }
+    }
+
+    /// Start the flush shards' tasks on the current runtime; until then
+    /// every connection writes from its own task.
+    pub fn start_flushers(&self) {
+        self.flusher.start();
     }
 
     /// Shared counters.
@@ -115,11 +126,12 @@ impl Hub {
     /// nobody can send to it.
     pub fn register(&self, listed: bool) -> Arc<Outbox> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let outbox = Arc::new(Outbox::new(
+        let outbox = Outbox::with_shard(
             id,
             self.config.queue_messages,
             self.config.queue_bytes,
-        ));
+            self.flusher.shard_for(id),
+        );
         lock(self.conn_shard(id)).insert(id, (outbox.clone(), listed));
         self.stats.connection_opened();
         outbox
@@ -324,6 +336,7 @@ mod tests {
             queue_bytes: 1 << 20,
             policy,
             no_echo,
+            flushers: 0,
         };
         Hub::new(cfg, Arc::default())
     }

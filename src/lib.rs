@@ -19,6 +19,8 @@
 //! - [`conn`]: socket I/O of one connection: stack read buffer, decoder,
 //!   vectored writes from the outbox.
 //! - [`outbox`]: the bounded, lock-free outbound queue of one connection.
+//! - [`flush`]: flush shards, which write fan-out to plain TCP sockets in
+//!   publication order without waking each connection's task.
 //! - [`hub`]: connections by id and groups by name, sharded; fan-out.
 //! - [`broker`]: the publish/subscribe seam between nodes (`memory` today).
 //! - [`protocol`]: JSON and binary requests, encoding of server frames.
@@ -39,6 +41,7 @@ pub mod client;
 pub mod config;
 pub mod conn;
 pub mod disconnect;
+pub mod flush;
 pub mod http;
 pub mod hub;
 pub mod limits;

@@ -58,6 +58,9 @@ impl Node {
                 queue_bytes: config.queue_bytes,
                 policy: config.slow_consumer,
                 no_echo: config.no_echo,
+                flushers: config
+                    .flushers
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
             },
             stats.clone(),
         ));

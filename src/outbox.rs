@@ -28,25 +28,115 @@
 //! the bit and waits those few instructions before touching a queue; any
 //! other push is unaffected.
 //!
+//! # Direct writes
+//!
+//! On plain TCP the connection's task can hand its writing over to a
+//! [`FlushShard`]: while it has nothing of its own to write (its batch is
+//! empty, it is not closing), a push does not wake the task but puts the
+//! outbox on the shard's first-in-first-out list, once, and the shard's
+//! flusher writes everything queued with one `writev` on the socket's
+//! descriptor when it gets to it. A fan-out to ten thousand members then
+//! costs ten thousand list entries and, later, ten thousand writes in
+//! publication order, instead of ten thousand task wake-ups and polls;
+//! frames published while an outbox waits its turn share its write.
+//!
+//! Who writes is one state, [`Outbox::writer`]: `TASK` (the task, as
+//! without direct writes), `FLUSHER` (the shard will), `FLUSHING` (the
+//! flusher is writing right now) or `DONE` (the task, for good: the
+//! connection is closing or gone, and the descriptor may be closed). The
+//! task hands over when it has written everything, and takes back when it
+//! has something of its own (a reply to its client, its Close) by turning
+//! `FLUSHER` into `TASK`. The flusher writes only in `FLUSHING`, entered from
+//! `FLUSHER`, so it never writes after the task turned the state to `DONE`
+//! (which waits out a write in progress). When the socket is full, a frame
+//! is only partly written, a Close frame turns up or the write fails, the
+//! flusher leaves what it could not write in the outbox's `spill` (the
+//! task's batch-to-be, with how its first frame counts in the metrics),
+//! turns the state back to `TASK` and wakes the task, which goes on as it
+//! would have. Pushes and the hand-over check each other's side after a
+//! `SeqCst` fence, so a frame pushed while the state changes is seen by the
+//! task or scheduled with the shard, never neither.
+//!
 //! Fan-out reuses a block across publications: after frames from
 //! [`Outbox::try_push`] the queue keeps its block when it runs dry and gives
 //! it back only on the connection's timer, so a member of a busy group does
 //! not allocate per publication. Replies and control frames (the
 //! connection's own) give it back as soon as they are written.
 
+use std::collections::VecDeque;
+use std::io::{IoSlice, Write};
+use std::mem::ManuallyDrop;
+use std::os::fd::{FromRawFd, RawFd};
 use std::ptr;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU16, AtomicUsize, Ordering};
+use std::sync::atomic::{
+    AtomicBool, AtomicI32, AtomicPtr, AtomicU8, AtomicU16, AtomicUsize, Ordering, fence,
+};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::Context;
 
 use atomic_waker::AtomicWaker;
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use crossbeam_queue::SegQueue;
+
+use crate::flush::FlushShard;
+use crate::metrics::{Protocol, Written};
+use crate::stats::Stats;
 
 /// Identifier of a connection, unique for the life of the process.
 pub type ConnId = u64;
 
 /// Set in `len` while the consumer swaps the queues (see the module docs).
 const RECLAIMING: usize = 1 << (usize::BITS - 1);
+
+/// [`Outbox::writer`]: the connection's task writes.
+const TASK: u8 = 0;
+/// The flush shard writes; pushes schedule the outbox with it.
+const FLUSHER: u8 = 1;
+/// The flusher is writing now.
+const FLUSHING: u8 = 2;
+/// The task writes, for good (closing or gone).
+const DONE: u8 = 3;
+
+/// Most frames in one vectored write.
+pub const MAX_IOV: usize = 64;
+/// Roughly the most bytes taken from the outbox for one write.
+pub const BATCH_BYTES: usize = 256 * 1024;
+/// First byte of a Close frame (FIN + opcode 8). Every outbox entry is a
+/// whole frame, so an entry starting with it is a Close.
+pub const CLOSE_HEADER: u8 = 0x88;
+
+/// How a frame counts in the metrics ([`Protocol::of_frame`]), noted
+/// before any of it is written (a partly written frame has lost its header).
+pub type HeadKind = Option<Option<(Protocol, usize)>>;
+
+/// Frames taken from the queue but not (wholly) written: the head of a
+/// batch, handed from the flusher back to the connection's task.
+#[derive(Debug, Default)]
+pub struct Spill {
+    /// The frames, the first possibly partly written.
+    pub frames: VecDeque<Bytes>,
+    /// How the first frame counts.
+    pub head_kind: HeadKind,
+}
+
+/// Account `n` written bytes against `batch`: drop the frames written,
+/// advance a partly written first one. Returns the tally for the metrics.
+pub fn advance(batch: &mut VecDeque<Bytes>, head_kind: &mut HeadKind, mut n: usize) -> Written {
+    let mut tally = Written::new(n);
+    while let Some(head) = batch.front_mut() {
+        let kind = *head_kind.get_or_insert_with(|| Protocol::of_frame(head));
+        if head.len() <= n {
+            n -= head.len();
+            batch.pop_front();
+            *head_kind = None;
+            tally.frame(kind);
+        } else {
+            head.advance(n);
+            break;
+        }
+    }
+    tally
+}
 
 /// Why a frame was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,6 +180,18 @@ pub struct Outbox {
     close_reason: std::sync::OnceLock<Box<str>>,
     /// Wakes the connection's task when a frame or a close request arrives.
     waker: AtomicWaker,
+    /// Who writes: `TASK`, `FLUSHER`, `FLUSHING` or `DONE` (module docs).
+    writer: AtomicU8,
+    /// The outbox is on its shard's list (or about to be).
+    scheduled: AtomicBool,
+    /// The socket's descriptor for direct writes; -1 while there is none.
+    fd: AtomicI32,
+    /// Where direct writes happen; `None`: never.
+    shard: Option<Arc<FlushShard>>,
+    /// This outbox, for the shard's list.
+    this: Weak<Outbox>,
+    /// What the flusher could not write, for the task (module docs).
+    spill: Mutex<Spill>,
 }
 
 impl std::fmt::Debug for Outbox {
@@ -108,6 +210,26 @@ impl std::fmt::Debug for Outbox {
 impl Outbox {
     /// An empty outbox; allocates nothing until the first push.
     pub fn new(id: ConnId, max_len: usize, max_bytes: usize) -> Self {
+        Self::build(id, max_len, max_bytes, None, Weak::new())
+    }
+
+    /// An empty outbox whose connection may hand its writing to `shard`.
+    pub fn with_shard(
+        id: ConnId,
+        max_len: usize,
+        max_bytes: usize,
+        shard: Option<Arc<FlushShard>>,
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|this| Self::build(id, max_len, max_bytes, shard, this.clone()))
+    }
+
+    fn build(
+        id: ConnId,
+        max_len: usize,
+        max_bytes: usize,
+        shard: Option<Arc<FlushShard>>,
+        this: Weak<Outbox>,
+    ) -> Self {
         Self {
             id,
             queue: LazyQueue::new(),
@@ -122,6 +244,12 @@ impl Outbox {
             close_request: AtomicU16::new(0),
             close_reason: std::sync::OnceLock::new(),
             waker: AtomicWaker::new(),
+            writer: AtomicU8::new(TASK),
+            scheduled: AtomicBool::new(false),
+            fd: AtomicI32::new(-1),
+            shard,
+            this,
+            spill: Mutex::new(Spill::default()),
         }
     }
 
@@ -159,8 +287,35 @@ impl Outbox {
         // is written, so no release starts before the push is done; one
         // that had started is over (`wait_swap`).
         unsafe { self.queue.push(frame) };
-        self.waker.wake();
+        self.notify();
         Ok(())
+    }
+
+    /// Make sure whoever writes sees a frame just queued: schedule the
+    /// outbox with its shard, or wake the task.
+    fn notify(&self) {
+        // Pairs with the fence in `hand_off` (module docs).
+        fence(Ordering::SeqCst);
+        match self.writer.load(Ordering::Relaxed) {
+            FLUSHER | FLUSHING => self.schedule(),
+            _ => self.waker.wake(),
+        }
+    }
+
+    /// Put the outbox on its shard's list unless it is on it already.
+    fn schedule(&self) {
+        if self.scheduled.load(Ordering::Relaxed) || self.scheduled.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        match (&self.shard, self.this.upgrade()) {
+            (Some(shard), Some(this)) => shard.push(this),
+            _ => {
+                // No shard, or the outbox is being dropped: nothing to do
+                // but wake the task (if any is left).
+                self.scheduled.store(false, Ordering::Release);
+                self.waker.wake();
+            }
+        }
     }
 
     /// If `prev` (what this push's increment of `len` returned) shows a
@@ -190,7 +345,7 @@ impl Outbox {
         self.wait_swap(prev);
         // SAFETY: as in `try_push`.
         unsafe { self.queue.push(frame) };
-        self.waker.wake();
+        self.notify();
     }
 
     /// Queue a Ping or Pong ahead of the waiting frames (after the frame
@@ -202,7 +357,7 @@ impl Outbox {
         self.control_used.store(true, Ordering::Relaxed);
         // SAFETY: as in `try_push`.
         unsafe { self.control.push(frame) };
-        self.waker.wake();
+        self.notify();
     }
 
     /// Ask the connection to close with `code`. Returns true for the first
@@ -346,6 +501,155 @@ impl Outbox {
         let released = old_queue.is_some();
         drop(old_queue);
         released
+    }
+
+    // ---- direct writes (module docs) ----
+
+    /// Let the flusher write to `fd`, the connection's plain TCP socket,
+    /// which stays open until [`Outbox::stop_direct`]. Returns whether
+    /// direct writes are possible (the outbox has a running shard).
+    pub fn attach_fd(&self, fd: RawFd) -> bool {
+        if self.shard.as_ref().is_some_and(|s| s.is_running()) {
+            self.fd.store(fd, Ordering::Release);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// The task has written everything and has nothing of its own to
+    /// write: let the shard write from now on. Call only with an attached
+    /// descriptor and an empty batch.
+    pub fn hand_off(&self) {
+        if self
+            .writer
+            .compare_exchange(TASK, FLUSHER, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
+            return;
+        }
+        // Pairs with the fence in `notify`: a frame pushed while the state
+        // changed is either seen here or scheduled by its pusher.
+        fence(Ordering::SeqCst);
+        if self.len.load(Ordering::Relaxed) & !RECLAIMING != 0 {
+            self.schedule();
+        }
+    }
+
+    /// Whether the shard writes for the connection now (the task must
+    /// not pop). With `take_back`, a `FLUSHER` state is turned back into
+    /// `TASK` first, so the task can write at once.
+    pub fn flusher_owns(&self, take_back: bool) -> bool {
+        match self.writer.load(Ordering::Acquire) {
+            FLUSHER if take_back => self
+                .writer
+                .compare_exchange(FLUSHER, TASK, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err(),
+            FLUSHER | FLUSHING => true,
+            _ => false,
+        }
+    }
+
+    /// End direct writes for good, waiting out a write in progress. After
+    /// this the flusher never touches the descriptor again.
+    pub fn stop_direct(&self) {
+        loop {
+            match self.writer.load(Ordering::Acquire) {
+                DONE => return,
+                FLUSHING => std::thread::yield_now(),
+                s => {
+                    if self
+                        .writer
+                        .compare_exchange(s, DONE, Ordering::AcqRel, Ordering::Relaxed)
+                        .is_ok()
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// What the flusher left for the task, if anything.
+    pub fn take_spill(&self) -> Option<Spill> {
+        let mut spill = self.spill.lock().unwrap_or_else(|e| e.into_inner());
+        (!spill.frames.is_empty()).then(|| std::mem::take(&mut *spill))
+    }
+
+    /// The flusher's turn: write one batch of what is queued with one
+    /// `writev`. `scratch` is the flusher's reusable batch (left empty).
+    pub fn flush(&self, scratch: &mut VecDeque<Bytes>, stats: &Stats) {
+        // From here on a push schedules the outbox again.
+        self.scheduled.store(false, Ordering::SeqCst);
+        if self
+            .writer
+            .compare_exchange(FLUSHER, FLUSHING, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
+            // The task took its writing back (or the connection is going).
+            return;
+        }
+        let depth = self.len();
+        if depth > 0 {
+            stats.observe_outbox_depth(depth);
+        }
+        self.pop_batch(scratch, MAX_IOV, BATCH_BYTES);
+        if scratch.is_empty() {
+            self.writer.store(FLUSHER, Ordering::Release);
+            self.after_flush();
+            return;
+        }
+        let mut head_kind: HeadKind = None;
+        let mut hand_back = scratch.iter().any(|f| f.first() == Some(&CLOSE_HEADER));
+        if !hand_back {
+            let mut slices = [IoSlice::new(&[]); MAX_IOV];
+            let n = scratch.len().min(MAX_IOV);
+            for (slot, frame) in slices.iter_mut().zip(scratch.iter()) {
+                *slot = IoSlice::new(frame);
+            }
+            let fd = self.fd.load(Ordering::Acquire);
+            // SAFETY: the task keeps the socket open until `stop_direct`,
+            // which cannot finish while the state is FLUSHING; ManuallyDrop
+            // leaves the descriptor open.
+            let socket = ManuallyDrop::new(unsafe { std::net::TcpStream::from_raw_fd(fd) });
+            match (&*socket).write_vectored(&slices[..n]) {
+                Ok(written) if written > 0 => {
+                    let tally = advance(scratch, &mut head_kind, written);
+                    self.written(tally.frames as usize, written);
+                    stats.record_written(&tally);
+                    // Full socket (or a batch limit): the task finishes,
+                    // waiting for the socket as it always does.
+                    hand_back = !scratch.is_empty();
+                }
+                // Full, interrupted or failed: the task retries and sees
+                // any error itself.
+                _ => hand_back = true,
+            }
+        }
+        if hand_back {
+            {
+                let mut spill = self.spill.lock().unwrap_or_else(|e| e.into_inner());
+                spill.frames.extend(scratch.drain(..));
+                spill.head_kind = head_kind;
+            }
+            self.writer.store(TASK, Ordering::Release);
+            self.waker.wake();
+            return;
+        }
+        self.writer.store(FLUSHER, Ordering::Release);
+        self.after_flush();
+    }
+
+    /// After a batch: more queued (the batch limit, or pushes meanwhile)
+    /// goes to the back of the line; an emptied outbox gives back its
+    /// blocks as the task would.
+    fn after_flush(&self) {
+        fence(Ordering::SeqCst);
+        if !self.is_empty() {
+            self.schedule();
+        } else {
+            self.release_idle(false);
+        }
     }
 
     /// Take the consumer guard (free unless the one-consumer rule is

@@ -129,6 +129,7 @@ impl Server {
                 }
             }
         });
+        node.hub.start_flushers();
         let accept = tokio::spawn(accept_loop(listener, node.clone(), tls));
         shutdown.await;
         info!("shutting down: closing connections");

@@ -41,6 +41,8 @@ static PING: [u8; 2] = [0x89, 0x00];
 
 /// Run a session on an upgraded stream until it ends.
 /// `early` holds bytes the client sent right after its handshake.
+/// `direct_fd` is the descriptor of `io` when it is a plain TCP stream:
+/// the hub's flush shards may then write to it (see [`crate::flush`]).
 ///
 /// The connection is registered when this is called; the future returned
 /// runs the session. It holds only the session (arguments of an `async fn`
@@ -51,6 +53,7 @@ pub fn run<S>(
     early: Bytes,
     mode: Mode,
     grant: Option<Grant>,
+    direct_fd: Option<std::os::fd::RawFd>,
 ) -> impl Future<Output = ()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -62,6 +65,9 @@ where
         node.config.max_message_size,
         node.stats.clone(),
     );
+    if let Some(fd) = direct_fd {
+        conn.enable_direct_writes(fd);
+    }
     // Events and errors come out of the session's first `Conn::next`.
     conn.feed(&early);
     drop(early);
@@ -214,6 +220,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Close from our side with `reason`, and wait (bounded) for the client.
     async fn close(&mut self, reason: Disconnect) -> Option<Disconnect> {
         self.membership.reason = reason.into();
+        // The task writes the rest itself, Close included.
+        self.conn.stop_direct_writes();
         // Refuse further fan-out first, so nothing lands behind the Close.
         self.outbox.request_close(reason.code());
         if !reason.flushes_queue() {

@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
 use futures_util::SinkExt;
 use roomcast::config::Config;
@@ -285,4 +287,70 @@ async fn ids_are_unique_strings_and_stats_endpoints_answer() {
     // A plain GET to /ws is not an upgrade.
     assert_eq!(http_get(server.addr, "/ws", &[]).await.0, 426);
     server.stop().await;
+}
+
+/// Fan-out through the flush shards (and without them): every subscriber
+/// gets every publication once, in order, also one that reads slowly
+/// through a small socket buffer (so writes are partial and the shard hands
+/// the rest back to the connection's task), and the publisher gets each ack
+/// after its own copy.
+#[tokio::test]
+async fn fanout_is_complete_and_ordered_with_any_number_of_flushers() {
+    for flushers in [0, 1, 2] {
+        let server = start(Config {
+            message_rate: 0,
+            flushers: Some(flushers),
+            ..config()
+        })
+        .await;
+        let mut subs = Vec::new();
+        for _ in 0..20 {
+            let (mut ws, _) = connect(&server).await;
+            assert_eq!(
+                request(&mut ws, json!({"type":"join","group":"g","id":1})).await["type"],
+                "ack"
+            );
+            subs.push(ws);
+        }
+        let (mut slow, _) = connect_small_rcvbuf(&server).await;
+        assert_eq!(
+            request(&mut slow, json!({"type":"join","group":"g","id":1})).await["type"],
+            "ack"
+        );
+        let (mut publisher, _) = connect(&server).await;
+        assert_eq!(
+            request(&mut publisher, json!({"type":"join","group":"g","id":0})).await["type"],
+            "ack"
+        );
+        const N: u64 = 400;
+        let pad = "p".repeat(1000);
+        for i in 1..=N {
+            send_json(
+                &mut publisher,
+                json!({"type":"publish","group":"g","data":[i, pad],"id":i}),
+            )
+            .await;
+        }
+        for i in 1..=N {
+            let own = recv_json(&mut publisher).await;
+            assert_eq!(own["data"][0], i, "flushers={flushers}: own copy {i}");
+            assert_eq!(recv_json(&mut publisher).await, json!({"type":"ack","id":i}));
+        }
+        for ws in subs.iter_mut() {
+            for i in 1..=N {
+                assert_eq!(recv_json(ws).await["data"][0], i, "flushers={flushers}");
+            }
+        }
+        for i in 1..=N {
+            assert_eq!(
+                recv_json(&mut slow).await["data"][0],
+                i,
+                "flushers={flushers}: slow reader"
+            );
+            if i % 50 == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        server.stop().await;
+    }
 }
