@@ -157,6 +157,14 @@ mod tests {
         f
     }
 
+    /// An outbox whose writing is handed to `flusher`'s shard, on `server`.
+    fn handed_off(flusher: &Flusher, server: &TcpStream, max_len: usize, max_bytes: usize) -> Arc<Outbox> {
+        let outbox = Outbox::with_shard(1, max_len, max_bytes, flusher.shard_for(1));
+        assert!(outbox.attach_fd(server.as_raw_fd()));
+        outbox.hand_off();
+        outbox
+    }
+
     fn wait_until(what: &str, cond: impl Fn() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !cond() {
@@ -170,9 +178,7 @@ mod tests {
         let stats = Arc::new(Stats::default());
         let flusher = started(&stats);
         let (server, mut client) = pair();
-        let outbox = Outbox::with_shard(1, 1000, 1 << 20, flusher.shard_for(1));
-        assert!(outbox.attach_fd(server.as_raw_fd()));
-        outbox.hand_off();
+        let outbox = handed_off(&flusher, &server, 1000, 1 << 20);
         let frames: Vec<Bytes> = (0..300)
             .map(|i| encode(OP_TEXT, format!("m{i}").as_bytes()))
             .collect();
@@ -210,9 +216,7 @@ mod tests {
         socket2::SockRef::from(&server)
             .set_send_buffer_size(4096)
             .unwrap();
-        let outbox = Outbox::with_shard(1, 100_000, 64 << 20, flusher.shard_for(1));
-        assert!(outbox.attach_fd(server.as_raw_fd()));
-        outbox.hand_off();
+        let outbox = handed_off(&flusher, &server, 100_000, 64 << 20);
         let payload = vec![b'x'; 1000];
         let mut expected = Vec::new();
         for _ in 0..5000 {
@@ -251,9 +255,7 @@ mod tests {
         let flusher = started(&stats);
         let (server, mut client) = pair();
         client.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
-        let outbox = Outbox::with_shard(1, 1000, 1 << 20, flusher.shard_for(1));
-        assert!(outbox.attach_fd(server.as_raw_fd()));
-        outbox.hand_off();
+        let outbox = handed_off(&flusher, &server, 1000, 1 << 20);
         let close = encode(OP_CLOSE, &1000u16.to_be_bytes());
         outbox.push_reply(close.clone());
         wait_until("the task owns the writing again", || !outbox.flusher_owns(false));
@@ -270,9 +272,7 @@ mod tests {
         let flusher = started(&stats);
         let (server, mut client) = pair();
         client.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
-        let outbox = Outbox::with_shard(1, 1000, 1 << 20, flusher.shard_for(1));
-        assert!(outbox.attach_fd(server.as_raw_fd()));
-        outbox.hand_off();
+        let outbox = handed_off(&flusher, &server, 1000, 1 << 20);
         outbox.stop_direct();
         outbox.try_push(encode(OP_TEXT, b"late")).unwrap();
         // A hand-off after the stop is refused too.

@@ -297,6 +297,29 @@ pub(super) struct Local {
 }
 
 impl Local {
+    /// Count a text frame: a delivery of ours (latency from its timestamp,
+    /// order per publisher) or an unexpected frame. `clock` is the arrival
+    /// time of the read it came in, taken on first use.
+    pub fn text(&mut self, t: &[u8], clock: &mut Option<u64>, shared: &Received, last_seq: &mut [u64]) {
+        match parse_delivery(t) {
+            Some((p, seq, ts)) if (p as usize) < last_seq.len() => {
+                let latency = clock.get_or_insert_with(now_us).saturating_sub(ts);
+                shared.latency.record(latency);
+                self.max = self.max.max(latency);
+                self.n += 1;
+                let last = &mut last_seq[p as usize];
+                if seq > *last {
+                    *last = seq;
+                } else if seq == *last {
+                    self.duplicates += 1;
+                } else {
+                    self.out_of_order += 1;
+                }
+            }
+            _ => self.unexpected += 1,
+        }
+    }
+
     pub fn flush(&mut self, shared: &Received) {
         if self.n > 0 {
             shared.messages.fetch_add(self.n, Ordering::Relaxed);
@@ -329,23 +352,7 @@ async fn subscribe((mut r, mut w): Conn, shared: Arc<Received>, publishers: usiz
             Ok(None) | Err(_) => break,
         };
         match frame {
-            Frame::Text(t) => match parse_delivery(t) {
-                Some((p, seq, ts)) if (p as usize) < publishers => {
-                    let latency = clock.get_or_insert_with(now_us).saturating_sub(ts);
-                    shared.latency.record(latency);
-                    local.max = local.max.max(latency);
-                    local.n += 1;
-                    let last = &mut last_seq[p as usize];
-                    if seq > *last {
-                        *last = seq;
-                    } else if seq == *last {
-                        local.duplicates += 1;
-                    } else {
-                        local.out_of_order += 1;
-                    }
-                }
-                _ => local.unexpected += 1,
-            },
+            Frame::Text(t) => local.text(t, &mut clock, &shared, &mut last_seq),
             Frame::Ping(p) => {
                 let p = p.to_vec();
                 local.flush(&shared);

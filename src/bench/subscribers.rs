@@ -19,8 +19,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use super::Conn;
-use super::fanout::{Local, Received, parse_delivery};
-use super::now_us;
+use super::fanout::{Local, Received};
 use super::wire::{Frame, Parsed, masked_frame, parse};
 
 /// Bytes read at a time.
@@ -115,7 +114,7 @@ fn read_loop(mut subs: Vec<Sub>, shared: &Received, stop: &AtomicBool) -> anyhow
     for sub in &mut subs {
         let pending = std::mem::take(&mut sub.pending);
         if !pending.is_empty() {
-            sub.consume(&pending, now_us(), shared, &mut local, &mut out, &mut rng);
+            sub.consume(&pending, &mut None, shared, &mut local, &mut out, &mut rng);
             sub.answer(&mut out, shared);
         }
     }
@@ -132,8 +131,10 @@ fn read_loop(mut subs: Vec<Sub>, shared: &Received, stop: &AtomicBool) -> anyhow
                 match sub.stream.read(&mut scratch) {
                     Ok(0) => sub.close(shared),
                     Ok(n) => {
-                        // Frames that came in one read arrived together.
-                        sub.consume(&scratch[..n], now_us(), shared, &mut local, &mut out, &mut rng);
+                        // Frames that came in one read arrived together:
+                        // one clock reading serves them all.
+                        let mut clock = None;
+                        sub.consume(&scratch[..n], &mut clock, shared, &mut local, &mut out, &mut rng);
                         sub.answer(&mut out, shared);
                         if n < scratch.len() {
                             // Emptied; epoll reports the next arrival.
@@ -161,7 +162,7 @@ impl Sub {
     fn consume(
         &mut self,
         bytes: &[u8],
-        now: u64,
+        clock: &mut Option<u64>,
         shared: &Received,
         local: &mut Local,
         out: &mut Vec<u8>,
@@ -182,7 +183,7 @@ impl Sub {
                 Ok(Parsed::Frame { opcode, header, len }) => {
                     let payload = &data[at + header..at + header + len];
                     at += header + len;
-                    if !self.frame(Frame::new(opcode, payload), now, shared, local, out, rng) {
+                    if !self.frame(Frame::new(opcode, payload), clock, shared, local, out, rng) {
                         self.open = false;
                         return;
                     }
@@ -202,30 +203,14 @@ impl Sub {
     fn frame(
         &mut self,
         frame: Frame<'_>,
-        now: u64,
+        clock: &mut Option<u64>,
         shared: &Received,
         local: &mut Local,
         out: &mut Vec<u8>,
         rng: &mut fastrand::Rng,
     ) -> bool {
         match frame {
-            Frame::Text(t) => match parse_delivery(t) {
-                Some((p, seq, ts)) if (p as usize) < self.last_seq.len() => {
-                    let latency = now.saturating_sub(ts);
-                    shared.latency.record(latency);
-                    local.max = local.max.max(latency);
-                    local.n += 1;
-                    let last = &mut self.last_seq[p as usize];
-                    if seq > *last {
-                        *last = seq;
-                    } else if seq == *last {
-                        local.duplicates += 1;
-                    } else {
-                        local.out_of_order += 1;
-                    }
-                }
-                _ => local.unexpected += 1,
-            },
+            Frame::Text(t) => local.text(t, clock, shared, &mut self.last_seq),
             Frame::Ping(p) => masked_frame(out, 0xA, p, rng),
             Frame::Close(_) => return false,
             Frame::Binary(_) | Frame::Pong => local.unexpected += 1,

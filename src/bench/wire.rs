@@ -177,24 +177,10 @@ pub async fn connect(
     Ok((reader, Writer::new(w)))
 }
 
-/// Append a client frame (masked, as RFC 6455 requires) to `out`.
+/// Append a final client frame with a random mask to `out`.
 pub fn masked_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8], rng: &mut fastrand::Rng) {
-    let len = payload.len();
-    out.push(0x80 | opcode);
-    if len < 126 {
-        out.push(0x80 | len as u8);
-    } else if len <= u16::MAX as usize {
-        out.push(0x80 | 126);
-        out.extend_from_slice(&(len as u16).to_be_bytes());
-    } else {
-        out.push(0x80 | 127);
-        out.extend_from_slice(&(len as u64).to_be_bytes());
-    }
     let mask = rng.u32(..).to_ne_bytes();
-    out.extend_from_slice(&mask);
-    let at = out.len();
-    out.extend_from_slice(payload);
-    crate::ws::mask::apply_mask(&mut out[at..], mask, 0);
+    crate::ws::frame::append_client_frame(out, true, opcode, mask, payload);
 }
 
 /// Send the upgrade request, check the `101`; returns bytes read past it.

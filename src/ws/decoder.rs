@@ -348,21 +348,8 @@ impl Decoder {
 
 /// Mask and frame `payload` as a client would; for tests and fuzzing.
 pub fn client_frame(fin: bool, opcode: u8, mask: [u8; 4], payload: &[u8]) -> Vec<u8> {
-    let mut out = vec![if fin { 0x80 } else { 0 } | opcode];
-    let len = payload.len();
-    if len < 126 {
-        out.push(0x80 | len as u8);
-    } else if len <= u16::MAX as usize {
-        out.push(0x80 | 126);
-        out.extend_from_slice(&(len as u16).to_be_bytes());
-    } else {
-        out.push(0x80 | 127);
-        out.extend_from_slice(&(len as u64).to_be_bytes());
-    }
-    out.extend_from_slice(&mask);
-    let start = out.len();
-    out.extend_from_slice(payload);
-    apply_mask(&mut out[start..], mask, 0);
+    let mut out = Vec::with_capacity(14 + payload.len());
+    super::frame::append_client_frame(&mut out, fin, opcode, mask, payload);
     out
 }
 

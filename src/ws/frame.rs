@@ -51,6 +51,27 @@ pub fn write_header(out: &mut [u8; MAX_HEADER], opcode: u8, rsv1: bool, len: usi
     n
 }
 
+/// Append a frame as a client sends it (masked with `mask`, as RFC 6455
+/// requires of clients) to `out`. The server never sends these; the load
+/// tool, the tests and the fuzz targets do.
+pub fn append_client_frame(out: &mut Vec<u8>, fin: bool, opcode: u8, mask: [u8; 4], payload: &[u8]) {
+    let len = payload.len();
+    out.push(if fin { 0x80 } else { 0 } | opcode);
+    if len < 126 {
+        out.push(0x80 | len as u8);
+    } else if len <= u16::MAX as usize {
+        out.push(0x80 | 126);
+        out.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        out.push(0x80 | 127);
+        out.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    out.extend_from_slice(&mask);
+    let start = out.len();
+    out.extend_from_slice(payload);
+    super::mask::apply_mask(&mut out[start..], mask, 0);
+}
+
 /// A complete final frame with `payload` copied after the header.
 pub fn encode(opcode: u8, payload: &[u8]) -> Bytes {
     let mut f = FramePayload::with_capacity(payload.len());
