@@ -374,6 +374,7 @@ fn check_env(names: impl Iterator<Item = String>) -> Result<(), ConfigError> {
         tls_cert: Some(PathBuf::new()),
         tls_key: Some(PathBuf::new()),
         message_burst: Some(0),
+        flushers: Some(0),
         jwt_secret: Some(String::new()),
         jwt_public_key: Some(PathBuf::new()),
         ..Config::default()

@@ -179,3 +179,29 @@ fn json_logs_are_one_object_per_line() {
         "{v}"
     );
 }
+
+/// Every `ROOMCAST_*` variable that `serve --help` documents is one the
+/// unknown-variable check accepts (it may still reject the value).
+#[test]
+fn every_documented_environment_variable_is_known() {
+    let help = String::from_utf8(roomcast(&["serve", "--help"], &[]).stdout).unwrap();
+    let names: Vec<&str> = help
+        .split("[env: ")
+        .skip(1)
+        .filter_map(|rest| rest.split(['=', ']']).next())
+        .collect();
+    assert!(names.len() > 20, "{names:?}");
+    assert!(names.contains(&"ROOMCAST_FLUSHERS"), "{names:?}");
+    for name in names {
+        let out = roomcast(&["config"], &[(name, "1")]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("unknown environment variable"), "{name}: {err}");
+    }
+    // And an optional one arrives in the effective configuration.
+    let t = effective(&["config"], &[("ROOMCAST_FLUSHERS", "3")]);
+    assert_eq!(t["flushers"].as_integer(), Some(3));
+    assert_eq!(
+        effective(&["config", "--flushers", "0"], &[])["flushers"].as_integer(),
+        Some(0)
+    );
+}
