@@ -21,8 +21,6 @@ use http::{HeaderMap, header};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
-use crate::config::{Config, ConfigError};
-
 /// Prefix of the offered subprotocol that carries a token.
 pub const PROTOCOL_TOKEN_PREFIX: &str = "bearer.";
 /// The subprotocol the server selects when the client offers it.
@@ -104,14 +102,25 @@ struct Claims {
     publish: Option<Vec<String>>,
 }
 
+/// A verifier that cannot be built from its settings, naming the setting.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid setting '{key}': {message}")]
+pub struct SetupError {
+    /// The setting (`jwt_secret` or `jwt_public_key`).
+    pub key: &'static str,
+    /// Why.
+    pub message: String,
+}
+
 impl Auth {
-    /// The verifier the configuration asks for, if any. Errors name the key.
-    pub fn from_config(config: &Config) -> Result<Option<Arc<Self>>, ConfigError> {
-        let err = |key: &str, message: String| ConfigError {
-            key: key.into(),
-            message,
-        };
-        match (&config.jwt_secret, &config.jwt_public_key) {
+    /// The verifier the settings ask for, if any: an HS256 secret or a PEM
+    /// public key (RS256 or ES256), not both.
+    pub fn from_settings(
+        jwt_secret: Option<&str>,
+        jwt_public_key: Option<&Path>,
+    ) -> Result<Option<Arc<Self>>, SetupError> {
+        let err = |key: &'static str, message: String| SetupError { key, message };
+        match (jwt_secret, jwt_public_key) {
             (None, None) => Ok(None),
             (Some(_), Some(_)) => Err(err(
                 "jwt_secret",

@@ -446,7 +446,7 @@ impl Config {
         if self.handshake_timeout.is_zero() {
             return err("handshake_timeout", "must be more than 0s");
         }
-        crate::auth::Auth::from_config(self)?;
+        self.auth()?;
         if self.api_key.as_deref().is_some_and(|k| k.len() < 16) {
             return err("api_key", "must be at least 16 characters");
         }
@@ -478,6 +478,27 @@ impl Config {
             );
         }
         Ok(())
+    }
+
+    /// The token verifier these settings ask for, if any.
+    pub fn auth(&self) -> Result<Option<std::sync::Arc<crate::auth::Auth>>, ConfigError> {
+        crate::auth::Auth::from_settings(self.jwt_secret.as_deref(), self.jwt_public_key.as_deref()).map_err(
+            |e| ConfigError {
+                key: e.key.into(),
+                message: e.message,
+            },
+        )
+    }
+
+    /// The admission limits these settings ask for.
+    pub fn limits(&self) -> crate::limits::Limits {
+        crate::limits::Limits::new(crate::limits::Settings {
+            max_connections: self.max_connections,
+            max_per_ip: self.max_connections_per_ip,
+            connect_rate_per_ip: self.connect_rate_per_ip,
+            allowed_origins: &self.allowed_origin,
+            trusted_proxies: &self.trusted_proxy,
+        })
     }
 
     /// The ping interval, `None` when pings are off.

@@ -24,8 +24,9 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+use crate::disconnect::Disconnect;
+use crate::metrics::Metrics;
 use crate::outbox::{BATCH_BYTES, CLOSE_HEADER, HeadKind, MAX_IOV, Outbox, advance};
-use crate::stats::Stats;
 use crate::ws::{Decoder, Event, ProtocolError};
 
 /// Size of the on-stack read buffer.
@@ -38,8 +39,8 @@ const READS_PER_POLL: usize = 8;
 pub enum Incoming {
     /// A frame from the client.
     Event(Event),
-    /// Someone asked this connection to close with a code.
-    CloseRequested(u16),
+    /// Someone asked this connection to close.
+    CloseRequested(Disconnect),
     /// The timer set with [`Conn::set_timer`] fired.
     Timer,
     /// The client closed TCP without a close handshake.
@@ -83,7 +84,7 @@ pub struct Conn<S> {
     /// The last write attempt found the socket full.
     write_blocked: bool,
     timer: Option<Pin<Box<Sleep>>>,
-    stats: Arc<Stats>,
+    metrics: Arc<Metrics>,
     /// How the batch's first frame counts in the metrics, noted before any
     /// of it is written (a partly written frame has lost its header).
     head_kind: HeadKind,
@@ -107,7 +108,7 @@ impl<S> Drop for Conn<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// Wrap an upgraded stream.
-    pub fn new(io: S, outbox: Arc<Outbox>, max_message: usize, stats: Arc<Stats>) -> Self {
+    pub fn new(io: S, outbox: Arc<Outbox>, max_message: usize, metrics: Arc<Metrics>) -> Self {
         Self {
             io,
             decoder: Decoder::new(max_message),
@@ -122,7 +123,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             close_queued: false,
             write_blocked: false,
             timer: None,
-            stats,
+            metrics,
             head_kind: None,
             outbox_warm: false,
             direct: false,
@@ -144,19 +145,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
-    /// The connection's outbox.
-    pub fn outbox(&self) -> &Arc<Outbox> {
-        &self.outbox
-    }
-
     /// When the client last read or sent anything (for the idle timeout).
     pub fn last_seen(&self) -> Instant {
         self.last_seen
-    }
-
-    /// Whether the client is in the middle of sending a message.
-    pub fn mid_message(&self) -> bool {
-        self.decoder.in_message()
     }
 
     /// Fire [`Incoming::Timer`] at `deadline`.
@@ -193,8 +184,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         // Register before looking at the close flag, so a request that
         // lands in between still wakes this task.
         self.outbox.register(cx);
-        if let Some(code) = self.outbox.close_requested() {
-            return Poll::Ready(Ok(Incoming::CloseRequested(code)));
+        if let Some(reason) = self.outbox.close_requested() {
+            return Poll::Ready(Ok(Incoming::CloseRequested(reason.clone())));
         }
         if let Poll::Ready(Err(e)) = self.poll_write_out(cx) {
             return Poll::Ready(Err(e.into()));
@@ -259,7 +250,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let n = buf.filled().len();
         if n > 0 {
             self.last_seen = Instant::now();
-            self.stats.record_socket_read(n);
+            self.metrics.record_socket_read(n);
             self.decode(buf.filled());
         }
         Poll::Ready(Ok(n))
@@ -335,7 +326,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         if !self.close_queued {
             let depth = self.outbox.len();
             if depth > 0 {
-                self.stats.observe_outbox_depth(depth);
+                self.metrics.observe_outbox_depth(depth);
             }
             self.outbox.pop_batch(&mut self.batch, MAX_IOV, BATCH_BYTES);
             self.outbox_warm |= !self.batch.is_empty();
@@ -370,7 +361,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             self.write_blocked = false;
             self.last_seen = Instant::now();
         }
-        self.stats.record_written(&tally);
+        self.metrics.record_written(&tally);
     }
 
     /// Write everything queued, then shut down the write side (our FIN

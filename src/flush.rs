@@ -14,108 +14,110 @@
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
+use std::io::{IoSlice, Write};
+use std::mem::ManuallyDrop;
+use std::os::fd::FromRawFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering, fence};
-use std::task::Poll;
 
-use atomic_waker::AtomicWaker;
-use crossbeam_queue::SegQueue;
+use bytes::Bytes;
 
-use crate::outbox::Outbox;
-use crate::stats::Stats;
+use crate::metrics::Metrics;
+use crate::outbox::{BATCH_BYTES, CLOSE_HEADER, HeadKind, MAX_IOV, Outbox, ShardQueue, advance};
 
 /// Outboxes a shard visits before letting other tasks run.
 const VISITS_PER_TURN: usize = 128;
 
-/// One shard: the list and the waker of its task.
-#[derive(Debug)]
-pub struct FlushShard {
-    queue: SegQueue<Arc<Outbox>>,
-    waker: AtomicWaker,
-    /// The task is (about to be) waiting: the next push wakes it.
-    idle: AtomicBool,
-    /// The task was started; outboxes hand over only then.
-    running: AtomicBool,
-    stats: Arc<Stats>,
+/// One shard's task: visit outboxes in order, for ever.
+async fn run(queue: Arc<ShardQueue>, metrics: Arc<Metrics>) {
+    let mut scratch = VecDeque::new();
+    loop {
+        poll_fn(|cx| queue.poll_ready(cx)).await;
+        let mut visits = 0;
+        while let Some(outbox) = queue.pop() {
+            flush(&outbox, &mut scratch, &metrics);
+            visits += 1;
+            if visits == VISITS_PER_TURN {
+                visits = 0;
+                tokio::task::yield_now().await;
+            }
+        }
+        // Give back what a burst grew.
+        if scratch.capacity() > 2 * MAX_IOV {
+            scratch = VecDeque::new();
+        }
+    }
 }
 
-impl FlushShard {
-    fn new(stats: Arc<Stats>) -> Self {
-        Self {
-            queue: SegQueue::new(),
-            waker: AtomicWaker::new(),
-            idle: AtomicBool::new(false),
-            running: AtomicBool::new(false),
-            stats,
+/// The flusher's turn at one outbox: write one batch of what is queued
+/// with one `writev`. `scratch` is the flusher's reusable batch (left
+/// empty).
+fn flush(outbox: &Outbox, scratch: &mut VecDeque<Bytes>, metrics: &Metrics) {
+    let Some(fd) = outbox.begin_flush() else {
+        // The task took its writing back (or the connection is going).
+        return;
+    };
+    let depth = outbox.len();
+    if depth > 0 {
+        metrics.observe_outbox_depth(depth);
+    }
+    outbox.pop_batch(scratch, MAX_IOV, BATCH_BYTES);
+    if scratch.is_empty() {
+        outbox.end_flush();
+        return;
+    }
+    let mut head_kind: HeadKind = None;
+    // A Close frame is the task's to write: nothing may follow it.
+    let mut hand_back = scratch.iter().any(|f| f.first() == Some(&CLOSE_HEADER));
+    if !hand_back {
+        let mut slices = [IoSlice::new(&[]); MAX_IOV];
+        let n = scratch.len().min(MAX_IOV);
+        for (slot, frame) in slices.iter_mut().zip(scratch.iter()) {
+            *slot = IoSlice::new(frame);
         }
-    }
-
-    /// Whether the shard's task runs.
-    pub fn is_running(&self) -> bool {
-        self.running.load(Ordering::Acquire)
-    }
-
-    /// Add an outbox to the end of the list (its `scheduled` flag keeps it
-    /// there at most once).
-    pub fn push(&self, outbox: Arc<Outbox>) {
-        self.queue.push(outbox);
-        // Pairs with the fence in `run`: either the task sees the entry
-        // before it waits, or this sees it waiting and wakes it.
-        fence(Ordering::SeqCst);
-        if self.idle.load(Ordering::Relaxed) && self.idle.swap(false, Ordering::AcqRel) {
-            self.waker.wake();
-        }
-    }
-
-    /// The shard's task: visit outboxes in order, for ever.
-    async fn run(self: Arc<Self>) {
-        let mut scratch = VecDeque::new();
-        loop {
-            poll_fn(|cx| {
-                self.waker.register(cx.waker());
-                self.idle.store(true, Ordering::Relaxed);
-                fence(Ordering::SeqCst);
-                if self.queue.is_empty() {
-                    Poll::Pending
-                } else {
-                    self.idle.store(false, Ordering::Relaxed);
-                    Poll::Ready(())
-                }
-            })
-            .await;
-            let mut visits = 0;
-            while let Some(outbox) = self.queue.pop() {
-                outbox.flush(&mut scratch, &self.stats);
-                visits += 1;
-                if visits == VISITS_PER_TURN {
-                    visits = 0;
-                    tokio::task::yield_now().await;
-                }
+        // SAFETY: the task keeps the socket open until `stop_direct`,
+        // which cannot finish while the outbox is in its flushing state
+        // (from `begin_flush` until `end_flush`/`hand_back`); ManuallyDrop
+        // leaves the descriptor open.
+        let socket = ManuallyDrop::new(unsafe { std::net::TcpStream::from_raw_fd(fd) });
+        match (&*socket).write_vectored(&slices[..n]) {
+            Ok(written) if written > 0 => {
+                let tally = advance(scratch, &mut head_kind, written);
+                outbox.written(tally.frames as usize, written);
+                metrics.record_written(&tally);
+                // Full socket (or a batch limit): the task finishes,
+                // waiting for the socket as it always does.
+                hand_back = !scratch.is_empty();
             }
-            // Give back what a burst grew.
-            if scratch.capacity() > 2 * crate::outbox::MAX_IOV {
-                scratch = VecDeque::new();
-            }
+            // Full, interrupted or failed: the task retries and sees any
+            // error itself.
+            _ => hand_back = true,
         }
+    }
+    if hand_back {
+        outbox.hand_back(scratch, head_kind);
+    } else {
+        outbox.end_flush();
     }
 }
 
 /// All shards of a hub.
 #[derive(Debug)]
 pub struct Flusher {
-    shards: Box<[Arc<FlushShard>]>,
+    shards: Box<[Arc<ShardQueue>]>,
+    metrics: Arc<Metrics>,
 }
 
 impl Flusher {
     /// `n` shards (0: none; connections then write from their own tasks).
-    pub fn new(n: usize, stats: Arc<Stats>) -> Self {
+    pub fn new(n: usize, metrics: Arc<Metrics>) -> Self {
         Self {
-            shards: (0..n).map(|_| Arc::new(FlushShard::new(stats.clone()))).collect(),
+            shards: (0..n).map(|_| Arc::new(ShardQueue::default())).collect(),
+            metrics,
         }
     }
 
-    /// The shard of connection `id`, if there are shards.
-    pub fn shard_for(&self, id: u64) -> Option<Arc<FlushShard>> {
+    /// The shard list of connection `id`, if there are shards.
+    pub fn shard_for(&self, id: u64) -> Option<Arc<ShardQueue>> {
         (!self.shards.is_empty()).then(|| self.shards[(id % self.shards.len() as u64) as usize].clone())
     }
 
@@ -123,8 +125,8 @@ impl Flusher {
     /// do nothing).
     pub fn start(&self) {
         for shard in self.shards.iter() {
-            if !shard.running.swap(true, Ordering::AcqRel) {
-                tokio::spawn(shard.clone().run());
+            if shard.start() {
+                tokio::spawn(run(shard.clone(), self.metrics.clone()));
             }
         }
     }
@@ -151,7 +153,7 @@ mod tests {
         (s, c)
     }
 
-    fn started(stats: &Arc<Stats>) -> Flusher {
+    fn started(stats: &Arc<Metrics>) -> Flusher {
         let f = Flusher::new(1, stats.clone());
         f.start();
         f
@@ -175,7 +177,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_shard_writes_queued_frames_in_order() {
-        let stats = Arc::new(Stats::default());
+        let stats = Arc::new(Metrics::default());
         let flusher = started(&stats);
         let (server, mut client) = pair();
         let outbox = handed_off(&flusher, &server, 1000, 1 << 20);
@@ -199,9 +201,9 @@ mod tests {
         // The task was never needed: the shard still writes.
         assert!(outbox.flusher_owns(false));
         assert!(outbox.take_spill().is_none());
-        assert_eq!(stats.snapshot(0).messages_out, 300);
+        assert_eq!(stats.frames_sent(), 300);
         assert_eq!(
-            stats.snapshot(0).bytes_out,
+            stats.bytes_sent(),
             frames.iter().map(|f| f.len() as u64).sum::<u64>()
         );
         outbox.stop_direct();
@@ -210,7 +212,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_full_socket_hands_the_rest_back_to_the_task() {
-        let stats = Arc::new(Stats::default());
+        let stats = Arc::new(Metrics::default());
         let flusher = started(&stats);
         let (server, mut client) = pair();
         socket2::SockRef::from(&server)
@@ -251,7 +253,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_shard_leaves_close_frames_to_the_task() {
-        let stats = Arc::new(Stats::default());
+        let stats = Arc::new(Metrics::default());
         let flusher = started(&stats);
         let (server, mut client) = pair();
         client.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
@@ -268,7 +270,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn after_stop_direct_the_shard_never_writes() {
-        let stats = Arc::new(Stats::default());
+        let stats = Arc::new(Metrics::default());
         let flusher = started(&stats);
         let (server, mut client) = pair();
         client.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
@@ -285,7 +287,7 @@ mod tests {
 
     #[test]
     fn without_a_running_shard_the_task_keeps_writing() {
-        let stats = Arc::new(Stats::default());
+        let stats = Arc::new(Metrics::default());
         let flusher = Flusher::new(1, stats);
         let (server, _client) = pair();
         let outbox = Outbox::with_shard(1, 1000, 1 << 20, flusher.shard_for(1));

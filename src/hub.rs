@@ -20,9 +20,9 @@ use indexmap::IndexMap;
 use crate::config::SlowConsumerPolicy;
 use crate::disconnect::Disconnect;
 use crate::flush::Flusher;
-use crate::metrics::CloseReason;
-use crate::outbox::{ConnId, Outbox, PushError};
-use crate::stats::Stats;
+use crate::id::ConnId;
+use crate::metrics::Metrics;
+use crate::outbox::{Outbox, PushError};
 
 const GROUP_SHARDS: usize = 64;
 const CONN_SHARDS: usize = 16;
@@ -83,21 +83,21 @@ pub struct Hub {
     hasher: RandomState,
     next_id: AtomicU64,
     config: HubConfig,
-    stats: Arc<Stats>,
+    metrics: Arc<Metrics>,
     flusher: Flusher,
 }
 
 impl Hub {
     /// An empty hub.
-    pub fn new(config: HubConfig, stats: Arc<Stats>) -> Self {
+    pub fn new(config: HubConfig, metrics: Arc<Metrics>) -> Self {
         Self {
             groups: (0..GROUP_SHARDS).map(|_| Mutex::default()).collect(),
             conns: (0..CONN_SHARDS).map(|_| Mutex::default()).collect(),
             hasher: RandomState::new(),
             next_id: AtomicU64::new(1),
-            flusher: Flusher::new(config.flushers, stats.clone()),
+            flusher: Flusher::new(config.flushers, metrics.clone()),
             config,
-            stats,
+            metrics,
         }
     }
 
@@ -105,11 +105,6 @@ impl Hub {
     /// every connection writes from its own task.
     pub fn start_flushers(&self) {
         self.flusher.start();
-    }
-
-    /// Shared counters.
-    pub fn stats(&self) -> &Arc<Stats> {
-        &self.stats
     }
 
     fn group_shard(&self, name: &str) -> &Mutex<GroupMap> {
@@ -133,16 +128,16 @@ impl Hub {
             self.flusher.shard_for(id),
         );
         lock(self.conn_shard(id)).insert(id, (outbox.clone(), listed));
-        self.stats.connection_opened();
+        self.metrics.connection_opened();
         outbox
     }
 
     /// Remove a connection from the registry; call exactly once per
     /// [`Hub::register`], with why the connection ended. The caller has
     /// already left its groups.
-    pub fn unregister(&self, id: ConnId, reason: CloseReason) {
+    pub fn unregister(&self, id: ConnId, reason: &Disconnect) {
         lock(self.conn_shard(id)).remove(&id);
-        self.stats.connection_closed(reason);
+        self.metrics.connection_closed(reason);
     }
 
     /// Look up a connection by id.
@@ -162,13 +157,13 @@ impl Hub {
                 let name: Arc<str> = Arc::from(group);
                 let g = Arc::new(Group::default());
                 shard.insert(name.clone(), g.clone());
-                self.stats.group_created();
+                self.metrics.group_created();
                 (name, g, true)
             }
         };
         let new_member = write(&g.members).insert(conn.id(), conn.clone()).is_none();
         if new_member {
-            self.stats.member_added();
+            self.metrics.member_added();
         }
         Joined {
             name,
@@ -187,20 +182,20 @@ impl Hub {
         let mut members = write(&g.members);
         let was_member = members.swap_remove(&id).is_some();
         if was_member {
-            self.stats.member_removed();
+            self.metrics.member_removed();
         }
         let removed = members.is_empty();
         drop(members);
         if removed {
             shard.remove(group);
-            self.stats.group_removed();
+            self.metrics.group_removed();
         }
         (was_member, removed)
     }
 
     /// Number of groups with members.
     pub fn group_count(&self) -> u64 {
-        self.stats.groups()
+        self.metrics.groups()
     }
 
     /// Members of `group`.
@@ -255,11 +250,11 @@ impl Hub {
         out
     }
 
-    /// Ask every connection to close with `code` after what is queued.
-    pub fn close_all(&self, code: Disconnect) {
+    /// Ask every connection to close for `reason` after what is queued.
+    pub fn close_all(&self, reason: &Disconnect) {
         for shard in self.conns.iter() {
             for (outbox, _) in lock(shard).values() {
-                outbox.request_close(code.code());
+                outbox.request_close(reason.clone());
             }
         }
     }
@@ -297,7 +292,7 @@ impl Hub {
             Err(PushError::Full) => match self.config.policy {
                 SlowConsumerPolicy::Drop => out.dropped += 1,
                 SlowConsumerPolicy::Disconnect => {
-                    if outbox.request_close(Disconnect::SlowConsumer.code()) {
+                    if outbox.request_close(Disconnect::SlowConsumer) {
                         out.disconnected += 1;
                     }
                 }
@@ -307,7 +302,8 @@ impl Hub {
 
     /// Add one publication's outcome and its enqueue time to the counters.
     fn count(&self, out: &Fanout, start: Instant) {
-        self.stats.record_fanout(out, start.elapsed());
+        self.metrics
+            .record_fanout(out.delivered, out.dropped, out.disconnected, start.elapsed());
     }
 }
 
@@ -401,7 +397,7 @@ mod tests {
                             disconnected: 1
                         }
                     );
-                    assert_eq!(b.close_requested(), Some(Disconnect::SlowConsumer.code()));
+                    assert_eq!(b.close_requested(), Some(&Disconnect::SlowConsumer));
                     // Counted once even though more frames are refused.
                     assert_eq!(h.send_to(b.id(), &frame).unwrap(), Fanout::default());
                 }
@@ -423,7 +419,7 @@ mod tests {
         assert_eq!((a.len(), b.len()), (0, 1));
         assert!(h.send_to(999, &Bytes::new()).is_none());
         assert_eq!(h.send_to(a.id(), &Bytes::new()).unwrap().delivered, 1);
-        h.unregister(a.id(), CloseReason::Eof);
+        h.unregister(a.id(), &Disconnect::Eof);
         assert!(h.connection(a.id()).is_none());
     }
 }

@@ -10,30 +10,60 @@
 //!   protocol (for trying and scripting a server).
 //! - [`server`]: accept loop, HTTP/1.1 connections, graceful shutdown.
 //! - [`tls`]: `wss://` and HTTPS with rustls; certificate reload on SIGHUP.
-//! - [`api`]: the HTTP server API under `/api` (publish, send, groups).
+//! - [`http`]: every HTTP route: the `/ws` and `/echo` upgrades, the server
+//!   API under `/api`, `/stats`, `/metrics`, `/healthz`, `/readyz`.
 //! - [`auth`]: JWT verification on connect, and what a token allows.
-//! - [`http`]: routes: `/ws` and `/echo` upgrades, `/stats`, `/healthz`,
-//!   and the routes of [`metrics`].
-//! - [`node`]: the shared handle of a running server (hub, broker, stats).
-//! - [`session`]: one client: the roomcast protocol or echo, heartbeat, cleanup.
+//! - [`node`]: the shared handle of a running server (hub, broker, metrics).
+//! - [`session`]: one client: the roomcast protocol or echo, one handler
+//!   per request, heartbeat, cleanup.
 //! - [`conn`]: socket I/O of one connection: stack read buffer, decoder,
 //!   vectored writes from the outbox.
-//! - [`outbox`]: the bounded, lock-free outbound queue of one connection.
+//! - [`broker`]: the publish/subscribe seam between nodes (`memory` today).
+//! - [`hub`]: connections by id and groups by name, sharded; fan-out.
 //! - [`flush`]: flush shards, which write fan-out to plain TCP sockets in
 //!   publication order without waking each connection's task.
-//! - [`hub`]: connections by id and groups by name, sharded; fan-out.
-//! - [`broker`]: the publish/subscribe seam between nodes (`memory` today).
-//! - [`protocol`]: JSON and binary requests, encoding of server frames.
-//! - [`ws`]: our RFC 6455 codec (handshake, frame decoder/encoder, close).
-//! - [`disconnect`]: every reason the server closes a connection, with codes.
-//! - [`stats`]: counters behind `/stats` (a view of [`metrics`]).
-//! - [`metrics`]: Prometheus metrics at `/metrics` (lock-free recording) and
-//!   the readiness probe `/readyz`.
+//! - [`outbox`]: the bounded, lock-free outbound queue of one connection,
+//!   and the list a flush shard takes it from.
+//! - [`protocol`]: JSON and binary requests, encoding of server messages.
+//! - [`metrics`]: lock-free counters and histograms, in the Prometheus text
+//!   format; also read by `/stats`.
 //! - [`limits`]: admission limits (connection caps, connect rate, Origin,
 //!   trusted proxies) and the per-connection message rate.
+//! - [`disconnect`]: every way a connection ends, with its close code,
+//!   reason and metrics label.
+//! - [`id`]: identifiers shared across layers ([`id::ConnId`]).
+//! - [`ws`]: our RFC 6455 codec (handshake, frame decoder/encoder, close).
 //! - [`logging`]: log setup and the per-kind limiter for repeated errors.
+//!
+//! # Layers
+//!
+//! Each module imports only modules below it (a child may use its parent),
+//! so no two modules import each other, directly or round about:
+//!
+//! ```text
+//! main, bench, client
+//! server
+//! http (upgrade, api, probes, stats)
+//! session
+//! node
+//! broker, conn
+//! hub
+//! flush
+//! outbox
+//! metrics, logging
+//! config             (builds auth, limits and tls from the settings it validates)
+//! auth, limits, tls
+//! protocol, disconnect
+//! ws, id
+//! ```
+//!
+//! A request climbs this stack and a publication goes down it: a session
+//! (or `http::api`) hands a publication to the broker, the broker to the
+//! hub of every node, the hub into each member's outbox, and the outbox's
+//! frames leave through the connection's task or a flush shard. `metrics`
+//! sits below everything that counts, and knows none of it.
+//! `../shared/tools/module-cycles src` checks the rule.
 
-pub mod api;
 pub mod auth;
 pub mod bench;
 pub mod broker;
@@ -44,6 +74,7 @@ pub mod disconnect;
 pub mod flush;
 pub mod http;
 pub mod hub;
+pub mod id;
 pub mod limits;
 pub mod logging;
 pub mod metrics;
@@ -52,6 +83,5 @@ pub mod outbox;
 pub mod protocol;
 pub mod server;
 pub mod session;
-pub mod stats;
 pub mod tls;
 pub mod ws;

@@ -19,8 +19,6 @@ use http::HeaderMap;
 use ipnet::IpNet;
 use tokio::time::Instant;
 
-use crate::config::Config;
-
 /// Why an upgrade was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
@@ -111,24 +109,40 @@ impl Drop for Permit {
     }
 }
 
+/// What [`Limits`] are built from (`Config::limits` fills it in).
+#[derive(Debug, Clone, Copy)]
+pub struct Settings<'a> {
+    /// Most connections at once (0: no limit).
+    pub max_connections: usize,
+    /// Most connections from one client IP (0: no limit).
+    pub max_per_ip: usize,
+    /// New connections per second from one client IP (0: no limit).
+    pub connect_rate_per_ip: u32,
+    /// Browser origins allowed (empty: all).
+    pub allowed_origins: &'a [String],
+    /// Proxies whose `X-Forwarded-For` is believed, as CIDRs or addresses
+    /// (ones that do not parse are ignored: validate them first).
+    pub trusted_proxies: &'a [String],
+}
+
 impl Limits {
-    /// Limits from a validated configuration.
-    pub fn new(config: &Config) -> Self {
-        let connect_rate = NonZeroU32::new(config.connect_rate_per_ip)
+    /// Limits from validated settings.
+    pub fn new(settings: Settings<'_>) -> Self {
+        let connect_rate = NonZeroU32::new(settings.connect_rate_per_ip)
             .map(|r| RateLimiter::keyed(Quota::per_second(r).allow_burst(r)));
         Self {
-            max_connections: config.max_connections,
-            max_per_ip: config.max_connections_per_ip,
+            max_connections: settings.max_connections,
+            max_per_ip: settings.max_per_ip,
             open: AtomicUsize::new(0),
             per_ip: Mutex::new(HashMap::new()),
             connect_rate,
-            allowed_origins: config
-                .allowed_origin
+            allowed_origins: settings
+                .allowed_origins
                 .iter()
                 .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
                 .collect(),
-            trusted_proxies: config
-                .trusted_proxy
+            trusted_proxies: settings
+                .trusted_proxies
                 .iter()
                 .filter_map(|c| parse_cidr(c).ok())
                 .collect(),
@@ -311,11 +325,12 @@ pub fn raise_open_file_limit() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
 
     fn limits(f: impl FnOnce(&mut Config)) -> Arc<Limits> {
         let mut c = Config::default();
         f(&mut c);
-        Arc::new(Limits::new(&c))
+        Arc::new(c.limits())
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! Server metrics in the Prometheus text format at `GET /metrics`, and the
-//! readiness probe at `GET /readyz`.
+//! Server metrics: lock-free recording, and their encoding in the
+//! Prometheus text format (served at `GET /metrics` by
+//! [`crate::http`]).
 //!
 //! # Why it is shaped this way
 //!
@@ -11,7 +12,7 @@
 //!
 //! - Every label combination is created once, in [`Metrics::new`], and its
 //!   `Counter` handle (an `Arc` around one atomic) is kept in an array indexed
-//!   by the label enums ([`Source`], [`Protocol`], [`CloseReason`],
+//!   by the label enums ([`Source`], [`Protocol`], [`Disconnect`],
 //!   [`ErrorCode`]). Recording is a relaxed `fetch_add` through that handle;
 //!   a family's lock is taken only when a scrape encodes it.
 //! - Histograms are our own [`AtomicHistogram`]: fixed buckets of `AtomicU64`
@@ -20,19 +21,15 @@
 //! - Callers add in bulk: a fan-out adds its recipient count once per
 //!   publication (never per recipient), a write adds once per vectored write.
 //!
-//! [`Metrics`] is also the one source of truth behind `/stats`:
-//! [`crate::stats::Stats`] is this type, and [`Metrics::snapshot`] reads the
-//! same atomics, so `/stats` and `/metrics` always agree.
+//! [`Metrics`] is also the one source of truth behind `/stats`: its
+//! getters read the same atomics, so `/stats` and `/metrics` always agree.
+//! This module only records and reads; it knows nothing of the layers that
+//! call it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
@@ -41,13 +38,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::broker::Payload;
 use crate::disconnect::Disconnect;
-use crate::hub::Fanout;
 use crate::limits::Refusal;
-use crate::node::Node;
 use crate::protocol::ErrorCode;
-use crate::stats::Snapshot;
 
 /// Where a message entered the server (label `source`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,14 +86,6 @@ impl Protocol {
         }
     }
 
-    /// The protocol of a publication's payload.
-    pub fn of(payload: &Payload) -> Self {
-        match payload {
-            Payload::Json(_) => Self::Json,
-            Payload::Binary(_) => Self::Binary,
-        }
-    }
-
     /// The protocol and payload length of a whole, unmasked server frame,
     /// or `None` for a control frame.
     pub fn of_frame(frame: &[u8]) -> Option<(Self, usize)> {
@@ -115,83 +100,6 @@ impl Protocol {
             _ => 2,
         };
         Some((protocol, frame.len().saturating_sub(header)))
-    }
-}
-
-/// Why a connection ended (label `reason`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseReason {
-    /// The client sent a Close frame.
-    ClientClosed,
-    /// The server shut down (1001).
-    Shutdown,
-    /// The client broke RFC 6455 (1002, 1007, 1009).
-    ProtocolError,
-    /// Its outbound queue was full under the `disconnect` policy (4001).
-    SlowConsumer,
-    /// Nothing arrived for the idle timeout (4002).
-    IdleTimeout,
-    /// Closed on request with any other code (the HTTP API).
-    Api,
-    /// The socket failed (reset, broken pipe).
-    SocketError,
-    /// The client closed TCP without a close handshake.
-    Eof,
-    /// It kept sending faster than its message rate (1008).
-    RateLimited,
-    /// Its token expired without a refresh (4003).
-    TokenExpired,
-    /// The session ended without reaching any of the above (its task was
-    /// dropped: a panic, or the process exiting after the drain timeout).
-    Aborted,
-}
-
-impl CloseReason {
-    /// Every value, in index order.
-    pub const ALL: [Self; 11] = [
-        Self::ClientClosed,
-        Self::Shutdown,
-        Self::ProtocolError,
-        Self::SlowConsumer,
-        Self::IdleTimeout,
-        Self::Api,
-        Self::SocketError,
-        Self::Eof,
-        Self::RateLimited,
-        Self::TokenExpired,
-        Self::Aborted,
-    ];
-
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::ClientClosed => "client_closed",
-            Self::Shutdown => "shutdown",
-            Self::ProtocolError => "protocol_error",
-            Self::SlowConsumer => "slow_consumer",
-            Self::IdleTimeout => "idle_timeout",
-            Self::Api => "api",
-            Self::SocketError => "socket_error",
-            Self::Eof => "eof",
-            Self::RateLimited => "rate_limited",
-            Self::TokenExpired => "token_expired",
-            Self::Aborted => "aborted",
-        }
-    }
-}
-
-impl From<Disconnect> for CloseReason {
-    fn from(d: Disconnect) -> Self {
-        match d {
-            Disconnect::ClientClosed(_) => Self::ClientClosed,
-            Disconnect::Shutdown => Self::Shutdown,
-            Disconnect::Protocol(_) => Self::ProtocolError,
-            Disconnect::SlowConsumer => Self::SlowConsumer,
-            Disconnect::IdleTimeout => Self::IdleTimeout,
-            Disconnect::RateLimited => Self::RateLimited,
-            Disconnect::TokenExpired => Self::TokenExpired,
-            Disconnect::Other(_) => Self::Api,
-        }
     }
 }
 
@@ -360,8 +268,8 @@ pub struct Metrics {
     groups: Gauge,
     memberships: Gauge,
     opened: Counter,
-    /// By [`CloseReason`] index.
-    closed: [Counter; CloseReason::ALL.len()],
+    /// By [`Disconnect::index`].
+    closed: [Counter; Disconnect::LABELS.len()],
     /// By [`Source`], then [`Protocol`] index.
     messages_in: [[Counter; 2]; 2],
     payload_in: [[Counter; 2]; 2],
@@ -438,7 +346,7 @@ impl Metrics {
             "WebSocket connections accepted since start",
         );
         let closed = family1(r, "connections_closed", "WebSocket connections ended, by reason");
-        let closed = CloseReason::ALL.map(|c| closed.get_or_create_owned(&[("reason", c.as_str())]));
+        let closed = Disconnect::LABELS.map(|c| closed.get_or_create_owned(&[("reason", c)]));
         let messages_in = family2(
             r,
             "messages_received",
@@ -559,9 +467,9 @@ impl Metrics {
     }
 
     /// A WebSocket connection ended for `reason`.
-    pub fn connection_closed(&self, reason: CloseReason) {
+    pub fn connection_closed(&self, reason: &Disconnect) {
         self.connections.dec();
-        self.closed[reason as usize].inc();
+        self.closed[reason.index()].inc();
     }
 
     /// A group got its first member.
@@ -638,18 +546,20 @@ impl Metrics {
         }
     }
 
-    /// One publication was fanned out with outcome `out`, taking `elapsed`.
+    /// One publication was fanned out, taking `elapsed`: `delivered`
+    /// frames queued, `dropped` skipped under the `drop` policy,
+    /// `disconnected` members told to close under the `disconnect` policy.
     #[inline]
-    pub fn record_fanout(&self, out: &Fanout, elapsed: Duration) {
+    pub fn record_fanout(&self, delivered: usize, dropped: usize, disconnected: usize, elapsed: Duration) {
         self.fanouts.inc();
-        if out.delivered > 0 {
-            self.deliveries.inc_by(out.delivered as u64);
+        if delivered > 0 {
+            self.deliveries.inc_by(delivered as u64);
         }
-        if out.dropped > 0 {
-            self.dropped.inc_by(out.dropped as u64);
+        if dropped > 0 {
+            self.dropped.inc_by(dropped as u64);
         }
-        if out.disconnected > 0 {
-            self.slow_consumer_disconnects.inc_by(out.disconnected as u64);
+        if disconnected > 0 {
+            self.slow_consumer_disconnects.inc_by(disconnected as u64);
         }
         self.fanout_seconds
             .observe(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX));
@@ -682,60 +592,50 @@ impl Metrics {
         &self.outbox_depth
     }
 
-    /// The `/stats` view of these counters. `groups` is passed in by the
-    /// caller (usually [`crate::hub::Hub::group_count`], which reads
-    /// [`Metrics::groups`]).
-    pub fn snapshot(&self, groups: u64) -> Snapshot {
-        let sum = |c: &[[Counter; 2]; 2]| c.iter().flatten().map(Counter::get).sum();
-        Snapshot {
-            connections: self.connections(),
-            connections_total: self.opened.get(),
-            groups,
-            messages_in: sum(&self.messages_in),
-            messages_out: self.socket_frames_out.get(),
-            bytes_in: self.socket_bytes_in.get(),
-            bytes_out: self.socket_bytes_out.get(),
-            broadcasts: self.fanouts.get(),
-            deliveries: self.deliveries.get(),
-            dropped: self.dropped.get(),
-            slow_consumer_disconnects: self.slow_consumer_disconnects.get(),
-        }
+    /// Connections accepted since start.
+    pub fn connections_total(&self) -> u64 {
+        self.opened.get()
     }
-}
 
-/// The routes of this module, merged into [`crate::http::router`]:
-/// `GET /metrics` and `GET /readyz`.
-pub fn routes() -> Router<Arc<Node>> {
-    Router::new()
-        .route("/metrics", get(metrics))
-        .route("/readyz", get(readyz))
-}
-
-async fn metrics(State(node): State<Arc<Node>>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
-        )],
-        node.stats.encode(),
-    )
-        .into_response()
-}
-
-/// 200 while serving; 503 `shutting_down` once shutdown has begun.
-async fn readyz(State(node): State<Arc<Node>>) -> Response {
-    if node.shutdown.is_cancelled() {
-        return crate::http::error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting_down",
-            "server is shutting down",
-        );
+    /// Messages received (WebSocket data messages and HTTP API publishes).
+    pub fn messages_received(&self) -> u64 {
+        self.messages_in.iter().flatten().map(Counter::get).sum()
     }
-    (
-        StatusCode::OK,
-        axum::Json(serde_json::json!({ "status": "ready" })),
-    )
-        .into_response()
+
+    /// Frames written to clients, data and control.
+    pub fn frames_sent(&self) -> u64 {
+        self.socket_frames_out.get()
+    }
+
+    /// Bytes read from WebSocket connections.
+    pub fn bytes_received(&self) -> u64 {
+        self.socket_bytes_in.get()
+    }
+
+    /// Bytes written to WebSocket connections.
+    pub fn bytes_sent(&self) -> u64 {
+        self.socket_bytes_out.get()
+    }
+
+    /// Publications fanned out.
+    pub fn fanouts(&self) -> u64 {
+        self.fanouts.get()
+    }
+
+    /// Deliveries queued by fan-out.
+    pub fn deliveries(&self) -> u64 {
+        self.deliveries.get()
+    }
+
+    /// Deliveries dropped by the `drop` policy.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.get()
+    }
+
+    /// Connections closed by the `disconnect` policy.
+    pub fn slow_consumer_disconnects(&self) -> u64 {
+        self.slow_consumer_disconnects.get()
+    }
 }
 
 #[cfg(test)]
@@ -746,9 +646,6 @@ mod tests {
     fn label_indexes_match_their_lists() {
         for (i, c) in ERROR_CODES.iter().enumerate() {
             assert_eq!(error_index(*c), i);
-        }
-        for (i, r) in CloseReason::ALL.iter().enumerate() {
-            assert_eq!(*r as usize, i);
         }
         for (i, p) in Protocol::ALL.iter().enumerate() {
             assert_eq!(*p as usize, i);
@@ -788,7 +685,7 @@ mod tests {
     #[test]
     fn nanoseconds_are_exposed_as_seconds() {
         let m = Metrics::new();
-        m.record_fanout(&Fanout::default(), Duration::from_micros(3));
+        m.record_fanout(0, 0, 0, Duration::from_micros(3));
         assert_eq!(m.fanout_seconds.count(), 1);
         assert!((m.fanout_seconds.sum() - 3e-6).abs() < 1e-12);
         let text = m.encode();
@@ -802,11 +699,8 @@ mod tests {
     #[test]
     fn every_label_combination_is_exposed_from_the_start() {
         let text = Metrics::new().encode();
-        for r in CloseReason::ALL {
-            let line = format!(
-                "roomcast_connections_closed_total{{reason=\"{}\"}} 0\n",
-                r.as_str()
-            );
+        for r in Disconnect::LABELS {
+            let line = format!("roomcast_connections_closed_total{{reason=\"{r}\"}} 0\n");
             assert!(text.contains(&line), "{line} in {text}");
         }
         for c in ERROR_CODES {

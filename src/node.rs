@@ -1,5 +1,5 @@
 //! The whole of one running roomcast process, as a cheap-to-clone handle:
-//! configuration, hub, broker, counters, and the shutdown machinery.
+//! configuration, hub, broker, metrics, and the shutdown machinery.
 
 use std::sync::Arc;
 
@@ -11,7 +11,7 @@ use crate::broker::{Broker, MemoryBroker};
 use crate::config::Config;
 use crate::hub::{Hub, HubConfig};
 use crate::limits::Limits;
-use crate::stats::Stats;
+use crate::metrics::Metrics;
 
 /// Shared state of the server.
 pub struct Node {
@@ -21,8 +21,8 @@ pub struct Node {
     pub hub: Arc<Hub>,
     /// Where publications go.
     pub broker: Arc<dyn Broker>,
-    /// Counters.
-    pub stats: Arc<Stats>,
+    /// Counters, behind `/metrics` and `/stats`.
+    pub metrics: Arc<Metrics>,
     /// Admission limits (connection caps, rates, Origin, proxies).
     pub limits: Arc<Limits>,
     /// Token verification for WebSocket clients, when configured.
@@ -45,13 +45,15 @@ impl Node {
     /// A node with the in-memory broker, for a configuration that passed
     /// [`Config::validate`] (which checks the JWT settings too).
     pub fn new(config: Config) -> Arc<Self> {
-        let auth = Auth::from_config(&config).unwrap_or_else(|e| panic!("{e}: validate the config first"));
+        let auth = config
+            .auth()
+            .unwrap_or_else(|e| panic!("{e}: validate the config first"));
         Self::with_auth(config, auth)
     }
 
     /// A node with the in-memory broker and a ready token verifier.
     pub fn with_auth(config: Config, auth: Option<Arc<Auth>>) -> Arc<Self> {
-        let stats = Arc::new(Stats::default());
+        let metrics = Arc::new(Metrics::default());
         let hub = Arc::new(Hub::new(
             HubConfig {
                 queue_messages: config.queue_messages,
@@ -62,15 +64,15 @@ impl Node {
                     .flushers
                     .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
             },
-            stats.clone(),
+            metrics.clone(),
         ));
         let broker = Arc::new(MemoryBroker::new(hub.clone()));
-        let limits = Arc::new(Limits::new(&config));
+        let limits = Arc::new(config.limits());
         Arc::new(Self {
             config,
             hub,
             broker,
-            stats,
+            metrics,
             limits,
             auth,
             shutdown: CancellationToken::new(),

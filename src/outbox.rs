@@ -31,7 +31,7 @@
 //! # Direct writes
 //!
 //! On plain TCP the connection's task can hand its writing over to a
-//! [`FlushShard`]: while it has nothing of its own to write (its batch is
+//! flush shard ([`crate::flush`]): while it has nothing of its own to write (its batch is
 //! empty, it is not closing), a push does not wake the task but puts the
 //! outbox on the shard's first-in-first-out list, once, and the shard's
 //! flusher writes everything queued with one `writev` on the socket's
@@ -64,26 +64,19 @@
 //! connection's own) give it back as soon as they are written.
 
 use std::collections::VecDeque;
-use std::io::{IoSlice, Write};
-use std::mem::ManuallyDrop;
-use std::os::fd::{FromRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::ptr;
-use std::sync::atomic::{
-    AtomicBool, AtomicI32, AtomicPtr, AtomicU8, AtomicU16, AtomicUsize, Ordering, fence,
-};
-use std::sync::{Arc, Mutex, Weak};
-use std::task::Context;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU8, AtomicUsize, Ordering, fence};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::task::{Context, Poll};
 
 use atomic_waker::AtomicWaker;
 use bytes::{Buf, Bytes};
 use crossbeam_queue::SegQueue;
 
-use crate::flush::FlushShard;
+use crate::disconnect::Disconnect;
+use crate::id::ConnId;
 use crate::metrics::{Protocol, Written};
-use crate::stats::Stats;
-
-/// Identifier of a connection, unique for the life of the process.
-pub type ConnId = u64;
 
 /// Set in `len` while the consumer swaps the queues (see the module docs).
 const RECLAIMING: usize = 1 << (usize::BITS - 1);
@@ -173,11 +166,10 @@ pub struct Outbox {
     max_len: usize,
     /// Limit on `bytes`.
     max_bytes: usize,
-    /// Close code requested by someone other than the connection's task
-    /// (slow consumer, shutdown, API); 0 while none.
-    close_request: AtomicU16,
-    /// Reason text to send with a requested close (set by the HTTP API).
-    close_reason: std::sync::OnceLock<Box<str>>,
+    /// Why the connection is to close, once someone asked: its own task,
+    /// or anyone else (slow consumer, shutdown, the HTTP API). The first
+    /// request wins; pushes are refused from then on.
+    close: OnceLock<Disconnect>,
     /// Wakes the connection's task when a frame or a close request arrives.
     waker: AtomicWaker,
     /// Who writes: `TASK`, `FLUSHER`, `FLUSHING` or `DONE` (module docs).
@@ -186,8 +178,8 @@ pub struct Outbox {
     scheduled: AtomicBool,
     /// The socket's descriptor for direct writes; -1 while there is none.
     fd: AtomicI32,
-    /// Where direct writes happen; `None`: never.
-    shard: Option<Arc<FlushShard>>,
+    /// The list of the flush shard that writes for it; `None`: never.
+    shard: Option<Arc<ShardQueue>>,
     /// This outbox, for the shard's list.
     this: Weak<Outbox>,
     /// What the flusher could not write, for the task (module docs).
@@ -218,7 +210,7 @@ impl Outbox {
         id: ConnId,
         max_len: usize,
         max_bytes: usize,
-        shard: Option<Arc<FlushShard>>,
+        shard: Option<Arc<ShardQueue>>,
     ) -> Arc<Self> {
         Arc::new_cyclic(|this| Self::build(id, max_len, max_bytes, shard, this.clone()))
     }
@@ -227,7 +219,7 @@ impl Outbox {
         id: ConnId,
         max_len: usize,
         max_bytes: usize,
-        shard: Option<Arc<FlushShard>>,
+        shard: Option<Arc<ShardQueue>>,
         this: Weak<Outbox>,
     ) -> Self {
         Self {
@@ -241,8 +233,7 @@ impl Outbox {
             bytes: AtomicUsize::new(0),
             max_len,
             max_bytes,
-            close_request: AtomicU16::new(0),
-            close_reason: std::sync::OnceLock::new(),
+            close: OnceLock::new(),
             waker: AtomicWaker::new(),
             writer: AtomicU8::new(TASK),
             scheduled: AtomicBool::new(false),
@@ -263,7 +254,7 @@ impl Outbox {
     /// A frame larger than the byte limit is still accepted into an empty
     /// queue, so one big message cannot wedge a connection.
     pub fn try_push(&self, frame: Bytes) -> Result<(), PushError> {
-        if self.close_request.load(Ordering::Relaxed) != 0 {
+        if self.close.get().is_some() {
             return Err(PushError::Closing);
         }
         let n = frame.len();
@@ -360,36 +351,19 @@ impl Outbox {
         self.notify();
     }
 
-    /// Ask the connection to close with `code`. Returns true for the first
-    /// request only, so the caller can count it once.
-    pub fn request_close(&self, code: u16) -> bool {
-        let first = self
-            .close_request
-            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok();
+    /// Ask the connection to close for `reason`. Returns true for the
+    /// first request only, so the caller can count it once.
+    pub fn request_close(&self, reason: Disconnect) -> bool {
+        let first = self.close.set(reason).is_ok();
         if first {
             self.waker.wake();
         }
         first
     }
 
-    /// Like [`Outbox::request_close`], with a reason text for the Close frame.
-    pub fn request_close_with_reason(&self, code: u16, reason: &str) -> bool {
-        let _ = self.close_reason.set(reason.into());
-        self.request_close(code)
-    }
-
-    /// The reason given with the close request, if any.
-    pub fn close_reason(&self) -> Option<&str> {
-        self.close_reason.get().map(|r| &**r)
-    }
-
-    /// The pending close request, if any.
-    pub fn close_requested(&self) -> Option<u16> {
-        match self.close_request.load(Ordering::Acquire) {
-            0 => None,
-            c => Some(c),
-        }
+    /// Why the connection is to close, if anyone asked.
+    pub fn close_requested(&self) -> Option<&Disconnect> {
+        self.close.get()
     }
 
     /// Frames not yet written.
@@ -576,68 +550,36 @@ impl Outbox {
         (!spill.frames.is_empty()).then(|| std::mem::take(&mut *spill))
     }
 
-    /// The flusher's turn: write one batch of what is queued with one
-    /// `writev`. `scratch` is the flusher's reusable batch (left empty).
-    pub fn flush(&self, scratch: &mut VecDeque<Bytes>, stats: &Stats) {
-        // From here on a push schedules the outbox again.
+    /// The flusher's turn begins: from here on a push schedules the
+    /// outbox again. Returns the descriptor to write to, or `None` when the
+    /// task took its writing back (or the connection is going): then the
+    /// flusher must not touch the outbox's frames.
+    pub fn begin_flush(&self) -> Option<RawFd> {
         self.scheduled.store(false, Ordering::SeqCst);
-        if self
-            .writer
+        self.writer
             .compare_exchange(FLUSHER, FLUSHING, Ordering::AcqRel, Ordering::Relaxed)
-            .is_err()
-        {
-            // The task took its writing back (or the connection is going).
-            return;
-        }
-        let depth = self.len();
-        if depth > 0 {
-            stats.observe_outbox_depth(depth);
-        }
-        self.pop_batch(scratch, MAX_IOV, BATCH_BYTES);
-        if scratch.is_empty() {
-            self.writer.store(FLUSHER, Ordering::Release);
-            self.after_flush();
-            return;
-        }
-        let mut head_kind: HeadKind = None;
-        let mut hand_back = scratch.iter().any(|f| f.first() == Some(&CLOSE_HEADER));
-        if !hand_back {
-            let mut slices = [IoSlice::new(&[]); MAX_IOV];
-            let n = scratch.len().min(MAX_IOV);
-            for (slot, frame) in slices.iter_mut().zip(scratch.iter()) {
-                *slot = IoSlice::new(frame);
-            }
-            let fd = self.fd.load(Ordering::Acquire);
-            // SAFETY: the task keeps the socket open until `stop_direct`,
-            // which cannot finish while the state is FLUSHING; ManuallyDrop
-            // leaves the descriptor open.
-            let socket = ManuallyDrop::new(unsafe { std::net::TcpStream::from_raw_fd(fd) });
-            match (&*socket).write_vectored(&slices[..n]) {
-                Ok(written) if written > 0 => {
-                    let tally = advance(scratch, &mut head_kind, written);
-                    self.written(tally.frames as usize, written);
-                    stats.record_written(&tally);
-                    // Full socket (or a batch limit): the task finishes,
-                    // waiting for the socket as it always does.
-                    hand_back = !scratch.is_empty();
-                }
-                // Full, interrupted or failed: the task retries and sees
-                // any error itself.
-                _ => hand_back = true,
-            }
-        }
-        if hand_back {
-            {
-                let mut spill = self.spill.lock().unwrap_or_else(|e| e.into_inner());
-                spill.frames.extend(scratch.drain(..));
-                spill.head_kind = head_kind;
-            }
-            self.writer.store(TASK, Ordering::Release);
-            self.waker.wake();
-            return;
-        }
+            .ok()
+            .map(|_| self.fd.load(Ordering::Acquire))
+    }
+
+    /// The flusher's turn ends with everything it took written: the shard
+    /// keeps writing for the connection.
+    pub fn end_flush(&self) {
         self.writer.store(FLUSHER, Ordering::Release);
         self.after_flush();
+    }
+
+    /// The flusher's turn ends with `frames` it could not write (a full
+    /// socket, a Close frame, an error): they go to the task, which writes
+    /// from now on, as it would have.
+    pub fn hand_back(&self, frames: &mut VecDeque<Bytes>, head_kind: HeadKind) {
+        {
+            let mut spill = self.spill.lock().unwrap_or_else(|e| e.into_inner());
+            spill.frames.extend(frames.drain(..));
+            spill.head_kind = head_kind;
+        }
+        self.writer.store(TASK, Ordering::Release);
+        self.waker.wake();
     }
 
     /// After a batch: more queued (the batch limit, or pushes meanwhile)
@@ -665,6 +607,61 @@ impl Outbox {
 
     fn try_consume(&self) -> Option<Consuming<'_>> {
         (!self.consuming.swap(true, Ordering::Acquire)).then_some(Consuming(self))
+    }
+}
+
+/// The list of outboxes that one flush shard writes for, in the order they
+/// were scheduled (each at most once at a time: its `scheduled` flag), with
+/// the waker of the shard's task. The task itself, and the writing, are in
+/// [`crate::flush`]; the list is here because pushes put outboxes on it.
+#[derive(Debug, Default)]
+pub struct ShardQueue {
+    queue: SegQueue<Arc<Outbox>>,
+    waker: AtomicWaker,
+    /// The task is (about to be) waiting: the next push wakes it.
+    idle: AtomicBool,
+    /// The task was started; outboxes hand over only then.
+    running: AtomicBool,
+}
+
+impl ShardQueue {
+    /// Add an outbox to the end of the list.
+    fn push(&self, outbox: Arc<Outbox>) {
+        self.queue.push(outbox);
+        // Pairs with the fence in `poll_ready`: either the task sees the
+        // entry before it waits, or this sees it waiting and wakes it.
+        fence(Ordering::SeqCst);
+        if self.idle.load(Ordering::Relaxed) && self.idle.swap(false, Ordering::AcqRel) {
+            self.waker.wake();
+        }
+    }
+
+    /// The next outbox to write for, if any.
+    pub fn pop(&self) -> Option<Arc<Outbox>> {
+        self.queue.pop()
+    }
+
+    /// Ready once the list is not empty (registers the task's waker).
+    pub fn poll_ready(&self, cx: &Context<'_>) -> Poll<()> {
+        self.waker.register(cx.waker());
+        self.idle.store(true, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        if self.queue.is_empty() {
+            Poll::Pending
+        } else {
+            self.idle.store(false, Ordering::Relaxed);
+            Poll::Ready(())
+        }
+    }
+
+    /// Mark the shard's task as started; true for the first call only.
+    pub fn start(&self) -> bool {
+        !self.running.swap(true, Ordering::AcqRel)
+    }
+
+    /// Whether the shard's task runs.
+    pub fn is_running(&self) -> bool {
+        self.running.load(Ordering::Acquire)
     }
 }
 
@@ -866,9 +863,9 @@ mod tests {
     #[test]
     fn close_request_counts_once_and_refuses_pushes() {
         let o = Outbox::new(1, 10, 100);
-        assert!(o.request_close(4001));
-        assert!(!o.request_close(1001));
-        assert_eq!(o.close_requested(), Some(4001));
+        assert!(o.request_close(Disconnect::SlowConsumer));
+        assert!(!o.request_close(Disconnect::Shutdown));
+        assert_eq!(o.close_requested(), Some(&Disconnect::SlowConsumer));
         assert_eq!(o.try_push(Bytes::from_static(b"x")), Err(PushError::Closing));
     }
 }

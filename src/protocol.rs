@@ -12,7 +12,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::outbox::ConnId;
+use crate::id::ConnId;
 use crate::ws::frame::{FramePayload, OP_BINARY, OP_TEXT};
 
 /// Longest group name, in bytes.

@@ -24,7 +24,6 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 use tracing::{debug, error, info, warn};
 
-use crate::auth::Auth;
 use crate::config::Config;
 use crate::disconnect::Disconnect;
 use crate::node::Node;
@@ -64,7 +63,7 @@ impl Server {
         let listener = socket.listen(BACKLOG)?;
         Ok(Self {
             listener,
-            node: Node::with_auth(config.clone(), Auth::from_config(&config)?),
+            node: Node::with_auth(config.clone(), config.auth()?),
             tls,
         })
     }
@@ -135,7 +134,7 @@ impl Server {
         info!("shutting down: closing connections");
         node.shutdown.cancel();
         let _ = accept.await;
-        node.hub.close_all(Disconnect::Shutdown);
+        node.hub.close_all(&Disconnect::Shutdown);
         node.tracker.close();
         let grace = node.config.drain_timeout + Duration::from_millis(500);
         if tokio::time::timeout(grace, node.tracker.wait()).await.is_err() {

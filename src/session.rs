@@ -1,11 +1,11 @@
 //! One client session: the roomcast protocol (or plain echo) on top of a
 //! [`Conn`], the heartbeat, and cleanup when the connection ends.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use serde_json::value::RawValue;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tracing::debug;
@@ -16,13 +16,14 @@ use crate::conn::{Conn, ConnError, Incoming};
 use crate::disconnect::Disconnect;
 use crate::hub::Hub;
 use crate::limits::{MessageBucket, RateVerdict};
-use crate::metrics::{CloseReason, Protocol, Source};
+use crate::metrics::{Protocol, Source};
 use crate::node::Node;
 use crate::outbox::Outbox;
 use crate::protocol::{self, Data, ErrorCode, Request, RequestError};
 use crate::ws::Event;
 use crate::ws::close;
 use crate::ws::frame::{self, OP_BINARY, OP_PONG, OP_TEXT};
+use crate::ws::handshake::Negotiated;
 
 /// Which endpoint the client connected to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +40,17 @@ const CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// An empty Ping frame, shared by every heartbeat.
 static PING: [u8; 2] = [0x89, 0x00];
 
+/// What the upgrade established for a new session.
+#[derive(Debug)]
+pub struct Opening {
+    /// Which endpoint.
+    pub mode: Mode,
+    /// What the client's token allows (`None`: auth is off).
+    pub grant: Option<Grant>,
+    /// What the handshake negotiated.
+    pub negotiated: Negotiated,
+}
+
 /// Run a session on an upgraded stream until it ends.
 /// `early` holds bytes the client sent right after its handshake.
 /// `direct_fd` is the descriptor of `io` when it is a plain TCP stream:
@@ -51,19 +63,23 @@ pub fn run<S>(
     node: Arc<Node>,
     io: S,
     early: Bytes,
-    mode: Mode,
-    grant: Option<Grant>,
+    opening: Opening,
     direct_fd: Option<std::os::fd::RawFd>,
 ) -> impl Future<Output = ()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let Opening {
+        mode,
+        grant,
+        negotiated: _,
+    } = opening;
     let outbox = node.hub.register(mode == Mode::Protocol);
     let mut conn = Conn::new(
         io,
         outbox.clone(),
         node.config.max_message_size,
-        node.stats.clone(),
+        node.metrics.clone(),
     );
     if let Some(fd) = direct_fd {
         conn.enable_direct_writes(fd);
@@ -79,7 +95,7 @@ where
             hub: node.hub.clone(),
             outbox,
             groups: Vec::new(),
-            reason: CloseReason::Aborted,
+            reason: Disconnect::Aborted,
         },
         mode,
         next_ping: None,
@@ -89,19 +105,15 @@ where
             .then(|| MessageBucket::new(node.config.message_rate, node.config.message_burst())),
     };
     async move {
-        let reason = session.serve().await;
-        debug!(conn = session.outbox.id(), ?reason, "connection closed");
+        session.serve().await;
+        debug!(conn = session.outbox.id(), reason = ?session.membership.reason, "connection closed");
         session.cleanup().await;
     }
 }
 
-/// What a served request still needs.
-enum Reply {
-    /// An `ack` (if the request had an id).
-    Ack,
-    /// Nothing: the handler already replied (pong).
-    Sent,
-}
+/// Why a request failed: the code and message of its `error` reply (the
+/// request's id is added by the caller).
+type Failure = (ErrorCode, Cow<'static, str>);
 
 struct Session<S> {
     node: Arc<Node>,
@@ -121,12 +133,12 @@ struct Session<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
-    /// The main loop; returns why the connection ended, after the close
-    /// handshake (if any) is done.
-    async fn serve(&mut self) -> Option<Disconnect> {
+    /// The main loop, until the connection ends (after the close
+    /// handshake, if any); why it ended is left in the membership.
+    async fn serve(&mut self) {
         if self.node.shutdown.is_cancelled() {
             // Shutdown began while this connection was being upgraded.
-            self.outbox.request_close(close::GOING_AWAY);
+            self.outbox.request_close(Disconnect::Shutdown);
         }
         if self.mode == Mode::Protocol {
             self.outbox.push_reply(protocol::welcome(self.outbox.id()));
@@ -147,14 +159,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     return self.close(Disconnect::Protocol(e)).await;
                 }
                 Err(ConnError::Io(e)) => {
-                    self.membership.reason = CloseReason::SocketError;
                     crate::warn_limited!(
                         crate::logging::LogKind::SocketError,
                         conn = self.outbox.id(),
                         error = %e,
                         "socket error"
                     );
-                    return None;
+                    self.membership.reason = Disconnect::SocketError;
+                    return;
                 }
             };
             match incoming {
@@ -167,78 +179,232 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 }
                 Incoming::Event(Event::Pong(_)) => {}
                 Incoming::Event(Event::Text(text)) => {
-                    self.node
-                        .stats
-                        .record_message_in(Source::Ws, Protocol::Json, text.len());
-                    match self.mode {
-                        Mode::Echo => self.echo(OP_TEXT, text),
-                        Mode::Protocol => match self.rate_check() {
-                            // Boxed: the request handler's state is most of
-                            // this future, and an idle connection's task
-                            // should not carry it.
-                            RateVerdict::Allow => Box::pin(self.on_text(text)).await,
-                            RateVerdict::Reject => self.reject_text(&text),
-                            RateVerdict::Close => return self.close(Disconnect::RateLimited).await,
-                        },
+                    if let Some(reason) = self.on_message(Protocol::Json, text).await {
+                        return self.close(reason).await;
                     }
                 }
                 Incoming::Event(Event::Binary(bin)) => {
-                    self.node
-                        .stats
-                        .record_message_in(Source::Ws, Protocol::Binary, bin.len());
-                    match self.mode {
-                        Mode::Echo => self.echo(OP_BINARY, bin),
-                        Mode::Protocol => match self.rate_check() {
-                            RateVerdict::Allow => Box::pin(self.on_binary(bin)).await,
-                            RateVerdict::Reject => self.reply_error(&rate_limited(None)),
-                            RateVerdict::Close => return self.close(Disconnect::RateLimited).await,
-                        },
+                    if let Some(reason) = self.on_message(Protocol::Binary, bin).await {
+                        return self.close(reason).await;
                     }
                 }
-                Incoming::CloseRequested(code) => {
-                    // A request that came with a reason text is the HTTP
-                    // API's, whatever its code; the rest are the server's own.
-                    let reason = match self.outbox.close_reason() {
-                        Some(_) => Disconnect::Other(code),
-                        None => Disconnect::from_request(code),
-                    };
-                    return self.close(reason).await;
-                }
+                Incoming::CloseRequested(reason) => return self.close(reason).await,
                 Incoming::Timer => {
                     if let Some(reason) = self.heartbeat() {
                         return self.close(reason).await;
                     }
                 }
                 Incoming::Eof => {
-                    self.membership.reason = CloseReason::Eof;
-                    return None;
+                    self.membership.reason = Disconnect::Eof;
+                    return;
                 }
             }
         }
     }
 
-    /// Close from our side with `reason`, and wait (bounded) for the client.
-    async fn close(&mut self, reason: Disconnect) -> Option<Disconnect> {
-        self.membership.reason = reason.into();
+    /// A data message from the client: echo it, or serve it as a request
+    /// within the message rate. Returns a reason to close, if any.
+    async fn on_message(&mut self, kind: Protocol, message: Bytes) -> Option<Disconnect> {
+        self.node
+            .metrics
+            .record_message_in(Source::Ws, kind, message.len());
+        if self.mode == Mode::Echo {
+            // One queue entry per frame: entries are whole frames (see conn.rs).
+            let opcode = match kind {
+                Protocol::Json => OP_TEXT,
+                Protocol::Binary => OP_BINARY,
+            };
+            self.outbox.push_reply(frame::encode(opcode, &message));
+            return None;
+        }
+        match self.rate_check() {
+            // Boxed: the request handler's state is most of this future,
+            // and an idle connection's task should not carry it.
+            RateVerdict::Allow => Box::pin(self.on_request(kind, message)).await,
+            RateVerdict::Reject => {
+                // Keep the id of a readable text request in the error.
+                let id = match kind {
+                    Protocol::Json => std::str::from_utf8(&message)
+                        .ok()
+                        .and_then(|s| protocol::parse_text(s).ok())
+                        .and_then(|r| r.id),
+                    Protocol::Binary => None,
+                };
+                self.reply_error(&RequestError {
+                    id,
+                    code: ErrorCode::RateLimited,
+                    message: "message rate exceeded; slow down".into(),
+                });
+            }
+            RateVerdict::Close => return Some(Disconnect::RateLimited),
+        }
+        None
+    }
+
+    /// Parse one request (JSON in a text message, the binary form in a
+    /// binary one), serve it and reply: `ack` when it had an id, `error`
+    /// when it failed. Payloads stay views into `message`: no copy.
+    async fn on_request(&mut self, kind: Protocol, message: Bytes) {
+        let parsed = match kind {
+            Protocol::Json => {
+                let text = std::str::from_utf8(&message).expect("the decoder validated UTF-8");
+                protocol::parse_text(text).map(|r| (r.id, r.request))
+            }
+            Protocol::Binary => protocol::parse_binary(&message).map(|r| (None, r)),
+        };
+        let (id, request) = match parsed {
+            Ok(p) => p,
+            Err(e) => return self.reply_error(&e),
+        };
+        let result = match request {
+            Request::Join { group } => self.join(&group).await,
+            Request::Leave { group } => {
+                self.leave(&group).await;
+                Ok(())
+            }
+            Request::Publish { group, data } => {
+                let payload = match data {
+                    Data::Json(raw) => Payload::Json(message.slice_ref(raw.as_bytes())),
+                    Data::Binary(raw) => Payload::Binary(message.slice_ref(raw)),
+                };
+                self.publish(&group, payload).await
+            }
+            Request::Send { to, data } => {
+                self.send(&to, Payload::Json(message.slice_ref(data.as_bytes())))
+                    .await
+            }
+            Request::Refresh { token } => self.refresh(&token).await,
+            Request::Ping => {
+                self.outbox.push_reply(protocol::pong(id));
+                return;
+            }
+        };
+        match result {
+            Ok(()) => {
+                if let Some(id) = id {
+                    self.outbox.push_reply(protocol::ack(id));
+                }
+            }
+            Err((code, message)) => self.reply_error(&RequestError { id, code, message }),
+        }
+    }
+
+    /// `join`: become a member, subscribing the node to the group's
+    /// publications when this is its first local member.
+    async fn join(&mut self, group: &str) -> Result<(), Failure> {
+        if self.grant.as_ref().is_some_and(|g| !g.join.allows(group)) {
+            return Err((
+                ErrorCode::NotAllowed,
+                format!("your token does not allow joining '{group}'").into(),
+            ));
+        }
+        if self.membership.groups.iter().any(|g| **g == *group) {
+            return Ok(());
+        }
+        let max = self.node.config.max_groups_per_connection;
+        if self.membership.groups.len() >= max {
+            return Err((
+                ErrorCode::TooManyGroups,
+                format!("a connection may be in at most {max} groups").into(),
+            ));
+        }
+        let joined = self.node.hub.join(group, &self.outbox);
+        if joined.created
+            && let Err(e) = self.node.broker.subscribe(joined.name.clone()).await
+        {
+            self.leave_hub(&joined.name).await;
+            return Err((ErrorCode::Internal, e.to_string().into()));
+        }
+        self.membership.groups.push(joined.name);
+        Ok(())
+    }
+
+    /// `leave` (idempotent).
+    async fn leave(&mut self, group: &str) {
+        if let Some(pos) = self.membership.groups.iter().position(|g| **g == *group) {
+            let name = self.membership.groups.swap_remove(pos);
+            self.leave_hub(&name).await;
+        }
+    }
+
+    /// `publish`: hand the payload to the broker for every member.
+    async fn publish(&self, group: &str, payload: Payload) -> Result<(), Failure> {
+        if self.grant.as_ref().is_some_and(|g| !g.publish.allows(group)) {
+            return Err((
+                ErrorCode::NotAllowed,
+                format!("your token does not allow publishing to '{group}'").into(),
+            ));
+        }
+        // Share the interned name when this connection is a member.
+        let name = self
+            .membership
+            .groups
+            .iter()
+            .find(|g| ***g == *group)
+            .cloned()
+            .unwrap_or_else(|| Arc::from(group));
+        self.publish_to(Target::Group(name), payload)
+            .await
+            .map_err(|e| (ErrorCode::Internal, e.to_string().into()))
+    }
+
+    /// `send`: a direct message to one connection.
+    async fn send(&self, to: &str, payload: Payload) -> Result<(), Failure> {
+        let unknown = || {
+            (
+                ErrorCode::UnknownConnection,
+                format!("no connection with id '{to}'").into(),
+            )
+        };
+        let target = to.parse().map_err(|_| unknown())?;
+        match self.publish_to(Target::Conn(target), payload).await {
+            Ok(()) => Ok(()),
+            Err(BrokerError::UnknownConnection(_)) => Err(unknown()),
+            Err(e) => Err((ErrorCode::Internal, e.to_string().into())),
+        }
+    }
+
+    /// `refresh`: replace the token with a newer one for the same user.
+    async fn refresh(&mut self, token: &str) -> Result<(), Failure> {
+        let Some(verifier) = self.node.auth.clone() else {
+            return Err((
+                ErrorCode::BadRequest,
+                "authentication is not enabled on this server".into(),
+            ));
+        };
+        let new = verifier
+            .verify(token)
+            .map_err(|e| (ErrorCode::InvalidToken, e.to_string().into()))?;
+        let current = self.grant.as_ref().and_then(|g| g.user.clone());
+        if new.user != current {
+            return Err((ErrorCode::NotAllowed, "the new token is for another user".into()));
+        }
+        self.expires = Some(Instant::now() + new.remaining());
+        self.grant = Some(new);
+        self.arm_timer();
+        Ok(())
+    }
+
+    /// Close from our side with `reason`, and wait (bounded) for the
+    /// client; the reason is kept for the metrics.
+    async fn close(&mut self, reason: Disconnect) {
         // The task writes the rest itself, Close included.
         self.conn.stop_direct_writes();
         // Refuse further fan-out first, so nothing lands behind the Close.
-        self.outbox.request_close(reason.code());
+        // (A reason requested by someone else is already in place.)
+        self.outbox.request_close(reason.clone());
         if !reason.flushes_queue() {
             self.outbox.discard();
         }
-        let text = match reason {
-            Disconnect::Other(_) => self.outbox.close_reason().unwrap_or(""),
-            _ => reason.reason(),
-        };
-        self.outbox.push_reply(close::encode_close(reason.code(), text));
+        self.outbox
+            .push_reply(close::encode_close(reason.code(), reason.reason()));
         let wait = match reason {
             Disconnect::Shutdown => self.node.config.drain_timeout,
             _ => CLOSE_WAIT,
         };
         let client_started = matches!(reason, Disconnect::ClientClosed(_));
+        self.membership.reason = reason;
         self.conn.finish(Instant::now() + wait, !client_started).await;
-        Some(reason)
     }
 
     /// Ping when due; close when the client has been silent too long.
@@ -264,14 +430,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     fn arm_timer(&mut self) {
         let idle = self.node.config.idle().map(|d| self.conn.last_seen() + d);
-        let deadline = match (idle, self.next_ping) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        let deadline = match (deadline, self.expires) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let deadline = [idle, self.next_ping, self.expires].into_iter().flatten().min();
         if let Some(d) = deadline {
             self.conn.set_timer(d);
         }
@@ -283,174 +442,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             .map_or(RateVerdict::Allow, MessageBucket::check)
     }
 
-    /// Answer a text request refused by the rate limit, keeping its id.
-    fn reject_text(&self, text: &Bytes) {
-        let s = std::str::from_utf8(text).unwrap_or("");
-        let id = protocol::parse_text(s).ok().and_then(|r| r.id);
-        self.reply_error(&rate_limited(id));
-    }
-
-    fn echo(&mut self, opcode: u8, payload: Bytes) {
-        // One queue entry per frame: entries are whole frames (see conn.rs).
-        self.outbox.push_reply(frame::encode(opcode, &payload));
-    }
-
     fn reply_error(&self, e: &RequestError<'_>) {
-        self.node.stats.record_error_sent(e.code);
+        self.node.metrics.record_error_sent(e.code);
         self.outbox.push_reply(protocol::error(e));
     }
 
-    fn reply_ok(&self, id: Option<&RawValue>) {
-        if let Some(id) = id {
-            self.outbox.push_reply(protocol::ack(id));
-        }
-    }
-
-    async fn on_text(&mut self, text: Bytes) {
-        let s = std::str::from_utf8(&text).expect("the decoder validated UTF-8");
-        match protocol::parse_text(s) {
-            Ok(req) => {
-                let id = req.id;
-                match self.handle(req.request, &text, id).await {
-                    Ok(Reply::Ack) => self.reply_ok(id),
-                    Ok(Reply::Sent) => {}
-                    Err(e) => self.reply_error(&e),
-                }
-            }
-            Err(e) => self.reply_error(&e),
-        }
-    }
-
-    async fn on_binary(&mut self, bin: Bytes) {
-        let result = match protocol::parse_binary(&bin) {
-            Ok(req) => self.handle(req, &bin, None).await.map(|_| ()),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = result {
-            self.reply_error(&e);
-        }
-    }
-
-    /// Serve one request. `frame` is the message the request borrows from,
-    /// so payloads can be shared without a copy.
-    async fn handle<'a>(
-        &mut self,
-        req: Request<'_>,
-        frame: &Bytes,
-        id: Option<&'a RawValue>,
-    ) -> Result<Reply, RequestError<'a>> {
-        let err = |code, message: String| RequestError {
-            id,
-            code,
-            message: message.into(),
-        };
-        match req {
-            Request::Join { group } => {
-                if self.grant.as_ref().is_some_and(|g| !g.join.allows(&group)) {
-                    return Err(err(
-                        ErrorCode::NotAllowed,
-                        format!("your token does not allow joining '{group}'"),
-                    ));
-                }
-                if !self.membership.groups.iter().any(|g| **g == *group) {
-                    let max = self.node.config.max_groups_per_connection;
-                    if self.membership.groups.len() >= max {
-                        return Err(err(
-                            ErrorCode::TooManyGroups,
-                            format!("a connection may be in at most {max} groups"),
-                        ));
-                    }
-                    let joined = self.node.hub.join(&group, &self.outbox);
-                    if joined.created
-                        && let Err(e) = self.node.broker.subscribe(joined.name.clone()).await
-                    {
-                        self.leave_group(&joined.name).await;
-                        return Err(err(ErrorCode::Internal, e.to_string()));
-                    }
-                    self.membership.groups.push(joined.name);
-                }
-                Ok(())
-            }
-            Request::Leave { group } => {
-                if let Some(pos) = self.membership.groups.iter().position(|g| **g == *group) {
-                    let name = self.membership.groups.swap_remove(pos);
-                    self.leave_group(&name).await;
-                }
-                Ok(())
-            }
-            Request::Publish { group, data } => {
-                if self.grant.as_ref().is_some_and(|g| !g.publish.allows(&group)) {
-                    return Err(err(
-                        ErrorCode::NotAllowed,
-                        format!("your token does not allow publishing to '{group}'"),
-                    ));
-                }
-                let name = self
-                    .membership
-                    .groups
-                    .iter()
-                    .find(|g| ***g == *group)
-                    .cloned()
-                    .unwrap_or_else(|| Arc::from(&*group));
-                let payload = match data {
-                    Data::Json(raw) => Payload::Json(frame.slice_ref(raw.as_bytes())),
-                    Data::Binary(raw) => Payload::Binary(frame.slice_ref(raw)),
-                };
-                self.publish(Target::Group(name), payload)
-                    .await
-                    .map_err(|e| err(ErrorCode::Internal, e.to_string()))
-            }
-            Request::Send { to, data } => {
-                let unknown = || {
-                    err(
-                        ErrorCode::UnknownConnection,
-                        format!("no connection with id '{to}'"),
-                    )
-                };
-                let target: u64 = to.parse().map_err(|_| unknown())?;
-                match self
-                    .publish(
-                        Target::Conn(target),
-                        Payload::Json(frame.slice_ref(data.as_bytes())),
-                    )
-                    .await
-                {
-                    Ok(()) => Ok(()),
-                    Err(BrokerError::UnknownConnection(_)) => Err(unknown()),
-                    Err(e) => Err(err(ErrorCode::Internal, e.to_string())),
-                }
-            }
-            Request::Refresh { token } => {
-                let Some(verifier) = self.node.auth.clone() else {
-                    return Err(err(
-                        ErrorCode::BadRequest,
-                        "authentication is not enabled on this server".into(),
-                    ));
-                };
-                let new = verifier
-                    .verify(&token)
-                    .map_err(|e| err(ErrorCode::InvalidToken, e.to_string()))?;
-                let current = self.grant.as_ref().and_then(|g| g.user.clone());
-                if new.user != current {
-                    return Err(err(
-                        ErrorCode::NotAllowed,
-                        "the new token is for another user".into(),
-                    ));
-                }
-                self.expires = Some(Instant::now() + new.remaining());
-                self.grant = Some(new);
-                self.arm_timer();
-                Ok(())
-            }
-            Request::Ping => {
-                self.outbox.push_reply(protocol::pong(id));
-                return Ok(Reply::Sent);
-            }
-        }
-        .map(|()| Reply::Ack)
-    }
-
-    async fn publish(&self, target: Target, payload: Payload) -> Result<(), BrokerError> {
+    async fn publish_to(&self, target: Target, payload: Payload) -> Result<(), BrokerError> {
         let publication = Publication {
             target,
             from: Some(self.outbox.id()),
@@ -460,7 +457,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         self.node.broker.publish(publication).await.map(|_| ())
     }
 
-    async fn leave_group(&self, name: &Arc<str>) {
+    /// Leave `name` in the hub, telling the broker when the node lost its
+    /// last member.
+    async fn leave_hub(&self, name: &Arc<str>) {
         let (_, removed) = self.node.hub.leave(name, self.outbox.id());
         if removed && let Err(e) = self.node.broker.unsubscribe(name.clone()).await {
             debug!(group = %name, error = %e, "broker unsubscribe failed");
@@ -471,7 +470,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// empty; [`Membership`]'s drop then unregisters.
     async fn cleanup(&mut self) {
         for name in std::mem::take(&mut self.membership.groups) {
-            self.leave_group(&name).await;
+            self.leave_hub(&name).await;
         }
         self.outbox.discard();
     }
@@ -487,7 +486,7 @@ struct Membership {
     groups: Vec<Arc<str>>,
     /// Why the session ended, counted when it is unregistered; stays
     /// `Aborted` if the session task is dropped before it ends.
-    reason: CloseReason,
+    reason: Disconnect,
 }
 
 impl Drop for Membership {
@@ -495,14 +494,6 @@ impl Drop for Membership {
         for name in self.groups.drain(..) {
             self.hub.leave(&name, self.outbox.id());
         }
-        self.hub.unregister(self.outbox.id(), self.reason);
-    }
-}
-
-fn rate_limited(id: Option<&RawValue>) -> RequestError<'_> {
-    RequestError {
-        id,
-        code: ErrorCode::RateLimited,
-        message: "message rate exceeded; slow down".into(),
+        self.hub.unregister(self.outbox.id(), &self.reason);
     }
 }

@@ -13,16 +13,15 @@
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::bail;
 use clap::Args;
-use memchr::memmem::Finder;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use super::histogram::Histogram;
+use super::delivery::{Local, Received};
 use super::subscribers::Subscribers;
 use super::wire::Frame;
 use super::{
@@ -63,21 +62,6 @@ pub struct FanoutArgs {
     pub subscriber_threads: usize,
 }
 
-/// What subscribers count, shared by all of them.
-#[derive(Debug, Default)]
-pub(super) struct Received {
-    pub messages: AtomicU64,
-    pub out_of_order: AtomicU64,
-    pub duplicates: AtomicU64,
-    /// Text frames that were not a delivery of ours.
-    pub unexpected: AtomicU64,
-    /// Subscribers the server closed (e.g. slow consumer, 4001).
-    pub closed: AtomicU64,
-    /// When the last delivery arrived ([`now_us`]).
-    pub last_us: AtomicU64,
-    pub latency: Histogram,
-}
-
 /// What one publisher did.
 #[derive(Debug, Default)]
 struct Published {
@@ -86,16 +70,6 @@ struct Published {
     acked: Vec<u64>,
     /// Refused publications by error code.
     refused: BTreeMap<String, u64>,
-}
-
-static DATA: std::sync::LazyLock<Finder<'static>> = std::sync::LazyLock::new(|| Finder::new(br#""data":""#));
-
-/// The `(publisher, seq, timestamp)` in a delivery's data.
-pub(super) fn parse_delivery(text: &[u8]) -> Option<(u64, u64, u64)> {
-    let at = DATA.find(text)? + 8;
-    let mut fields = text[at..].splitn(4, |&b| b == b':');
-    let mut num = || -> Option<u64> { std::str::from_utf8(fields.next()?).ok()?.parse().ok() };
-    Some((num()?, num()?, num()?))
 }
 
 /// The `id` of an `ack` or `error` reply, and the error code if any.
@@ -286,57 +260,6 @@ pub async fn run(ctx: &Ctx, args: &FanoutArgs) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-/// One subscriber's counts not yet added to the shared ones.
-#[derive(Debug, Default)]
-pub(super) struct Local {
-    pub n: u64,
-    pub out_of_order: u64,
-    pub duplicates: u64,
-    pub unexpected: u64,
-    pub max: u64,
-}
-
-impl Local {
-    /// Count a text frame: a delivery of ours (latency from its timestamp,
-    /// order per publisher) or an unexpected frame. `clock` is the arrival
-    /// time of the read it came in, taken on first use.
-    pub fn text(&mut self, t: &[u8], clock: &mut Option<u64>, shared: &Received, last_seq: &mut [u64]) {
-        match parse_delivery(t) {
-            Some((p, seq, ts)) if (p as usize) < last_seq.len() => {
-                let latency = clock.get_or_insert_with(now_us).saturating_sub(ts);
-                shared.latency.record(latency);
-                self.max = self.max.max(latency);
-                self.n += 1;
-                let last = &mut last_seq[p as usize];
-                if seq > *last {
-                    *last = seq;
-                } else if seq == *last {
-                    self.duplicates += 1;
-                } else {
-                    self.out_of_order += 1;
-                }
-            }
-            _ => self.unexpected += 1,
-        }
-    }
-
-    pub fn flush(&mut self, shared: &Received) {
-        if self.n > 0 {
-            shared.messages.fetch_add(self.n, Ordering::Relaxed);
-            shared.last_us.fetch_max(now_us(), Ordering::Relaxed);
-            shared.latency.note_max(self.max);
-        }
-        if self.out_of_order + self.duplicates + self.unexpected > 0 {
-            shared
-                .out_of_order
-                .fetch_add(self.out_of_order, Ordering::Relaxed);
-            shared.duplicates.fetch_add(self.duplicates, Ordering::Relaxed);
-            shared.unexpected.fetch_add(self.unexpected, Ordering::Relaxed);
-        }
-        *self = Self::default();
-    }
-}
-
 /// One subscriber: count, order-check and time every delivery. Counts are
 /// kept locally and added to the shared ones whenever no whole frame is
 /// buffered, i.e. before any read that may wait (and be cancelled).
@@ -476,6 +399,7 @@ async fn publish(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bench::delivery::parse_delivery;
 
     #[test]
     fn parses_deliveries_and_replies() {

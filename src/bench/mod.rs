@@ -22,6 +22,7 @@
 
 pub mod chart;
 pub mod connections;
+mod delivery;
 pub mod echo;
 pub mod fanout;
 pub mod floor;

@@ -19,7 +19,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use super::Conn;
-use super::fanout::{Local, Received};
+use super::delivery::{Local, Received};
 use super::wire::{Frame, Parsed, masked_frame, parse};
 
 /// Bytes read at a time.

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::hub::{Fanout, Hub};
-use crate::outbox::ConnId;
+use crate::id::ConnId;
 use crate::protocol;
 
 pub use memory::MemoryBroker;

@@ -1,7 +1,7 @@
 //! The server side of the opening handshake (RFC 6455 section 4.2).
 
 use base64::Engine as _;
-use http::{HeaderMap, Method, Version, header};
+use http::{HeaderMap, HeaderValue, Method, Version, header};
 use sha1::{Digest, Sha1};
 
 /// GUID appended to the client's key before hashing.
@@ -27,8 +27,40 @@ pub enum HandshakeError {
     Key,
 }
 
-/// Check an upgrade request; on success return the `Sec-WebSocket-Accept` value.
-pub fn accept(method: &Method, version: Version, headers: &HeaderMap) -> Result<String, HandshakeError> {
+/// What one opening handshake agreed on: written into the 101 response,
+/// then handed to the session, which sets the connection up accordingly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Negotiated {
+    /// The `Sec-WebSocket-Accept` value.
+    pub accept: String,
+    /// The subprotocol selected (`Sec-WebSocket-Protocol`), if any; chosen
+    /// by the caller, which knows which protocols it speaks.
+    pub subprotocol: Option<String>,
+}
+
+impl Negotiated {
+    /// Write the headers of the 101 response: `Upgrade`, `Connection`,
+    /// `Sec-WebSocket-Accept` and what was negotiated.
+    pub fn write_response_headers(&self, h: &mut HeaderMap) {
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        h.insert(
+            header::SEC_WEBSOCKET_ACCEPT,
+            HeaderValue::from_str(&self.accept).expect("base64 is a valid header value"),
+        );
+        if let Some(p) = self
+            .subprotocol
+            .as_deref()
+            .and_then(|p| HeaderValue::from_str(p).ok())
+        {
+            h.insert(header::SEC_WEBSOCKET_PROTOCOL, p);
+        }
+    }
+}
+
+/// Check an upgrade request; on success return what can be negotiated
+/// from the request alone (no subprotocol yet).
+pub fn accept(method: &Method, version: Version, headers: &HeaderMap) -> Result<Negotiated, HandshakeError> {
     if method != Method::GET {
         return Err(HandshakeError::Method);
     }
@@ -56,7 +88,10 @@ pub fn accept(method: &Method, version: Version, headers: &HeaderMap) -> Result<
     if decoded.len() != 16 {
         return Err(HandshakeError::Key);
     }
-    Ok(accept_key(key.as_bytes()))
+    Ok(Negotiated {
+        accept: accept_key(key.as_bytes()),
+        subprotocol: None,
+    })
 }
 
 /// `Sec-WebSocket-Accept` for a `Sec-WebSocket-Key`.

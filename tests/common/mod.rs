@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use roomcast::config::Config;
+use roomcast::http::stats::Snapshot;
 use roomcast::node::Node;
 use roomcast::server::Server;
-use roomcast::stats::Snapshot;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -79,7 +79,7 @@ impl TestServer {
     }
 
     pub fn stats(&self) -> Snapshot {
-        self.node.stats.snapshot(self.node.hub.group_count())
+        Snapshot::of(&self.node)
     }
 
     /// Wait until `pred` holds for the stats (the server updates them

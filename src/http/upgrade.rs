@@ -1,16 +1,15 @@
-//! HTTP routes: the WebSocket endpoints (`/ws`, `/echo`), `/stats` and
-//! `/healthz`. Every error is JSON: `{"error":{"code":..,"message":..}}`.
+//! The WebSocket endpoints, `GET /ws` and `GET /echo`: check the handshake,
+//! apply the admission limits and authentication, answer 101 with what was
+//! negotiated, and hand the socket to a session task.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::Response;
 use bytes::Bytes;
 use futures_util::future::Either;
 use hyper::upgrade::{OnUpgrade, Upgraded};
@@ -18,103 +17,46 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tracing::debug;
 
+use super::error;
 use crate::auth::{self, AuthError, Grant};
 use crate::limits::{Permit, Refusal};
 use crate::node::Node;
-use crate::session::{self, Mode};
+use crate::session::{self, Mode, Opening};
 use crate::ws::handshake::{self, HandshakeError};
 
-/// The router for one node.
-pub fn router(node: Arc<Node>) -> Router {
-    let mut r = Router::new()
-        .route("/ws", get(ws_protocol))
-        .route("/stats", get(stats))
-        .route("/healthz", get(healthz))
-        .merge(crate::metrics::routes())
-        .nest("/api", crate::api::router(node.clone()));
-    if !node.config.disable_echo_endpoint {
-        r = r.route("/echo", get(ws_echo));
-    }
-    r.fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .with_state(node)
-}
-
-/// A JSON error response.
-pub fn error(status: StatusCode, code: &str, message: &str) -> Response {
-    let body = serde_json::json!({ "error": { "code": code, "message": message } });
-    (status, axum::Json(body)).into_response()
-}
-
-async fn not_found() -> Response {
-    error(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
-}
-
-async fn method_not_allowed() -> Response {
-    error(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        "method not allowed on this endpoint",
-    )
-}
-
-async fn healthz() -> Response {
-    (StatusCode::OK, axum::Json(serde_json::json!({ "status": "ok" }))).into_response()
-}
-
-async fn stats(State(node): State<Arc<Node>>, headers: HeaderMap, req: Request) -> Response {
-    let snap = node.stats.snapshot(node.hub.group_count());
-    let wants_json = req
-        .uri()
-        .query()
-        .is_some_and(|q| q.split('&').any(|kv| kv == "format=json"))
-        || headers
-            .get(header::ACCEPT)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.contains("application/json"));
-    if wants_json {
-        axum::Json(snap).into_response()
-    } else {
-        (
-            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            snap.line() + "\n",
-        )
-            .into_response()
-    }
-}
-
-async fn ws_protocol(State(node): State<Arc<Node>>, req: Request) -> Response {
+/// `GET /ws`: the roomcast protocol.
+pub async fn ws_protocol(State(node): State<Arc<Node>>, req: Request) -> Response {
     upgrade(node, req, Mode::Protocol)
 }
 
-async fn ws_echo(State(node): State<Arc<Node>>, req: Request) -> Response {
+/// `GET /echo`: plain echo (for conformance suites).
+pub async fn ws_echo(State(node): State<Arc<Node>>, req: Request) -> Response {
     upgrade(node, req, Mode::Echo)
 }
 
 /// Answer the handshake with 101 and hand the socket to a session task.
 fn upgrade(node: Arc<Node>, mut req: Request, mode: Mode) -> Response {
-    let accept = match handshake::accept(req.method(), req.version(), req.headers()) {
-        Ok(a) => a,
+    let mut negotiated = match handshake::accept(req.method(), req.version(), req.headers()) {
+        Ok(n) => n,
         Err(e) => return handshake_error(e),
     };
     if node.shutdown.is_cancelled() {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting_down",
-            "server is shutting down",
-        );
+        return super::shutting_down();
     }
     let permit = match admit(&node, &req) {
         Ok(p) => p,
         Err(refusal) => {
-            node.stats.record_refused(refusal);
+            node.metrics.record_refused(refusal);
             return refusal_response(refusal);
         }
     };
-    let (grant, protocol) = match authenticate(&node, &req) {
-        Ok(g) => g,
+    let grant = match authenticate(&node, &req) {
+        Ok((grant, subprotocol)) => {
+            negotiated.subprotocol = subprotocol;
+            grant
+        }
         Err(e) => {
-            node.stats.record_refused(Refusal::Unauthorized);
+            node.metrics.record_refused(Refusal::Unauthorized);
             return unauthorized(&e);
         }
     };
@@ -124,6 +66,14 @@ fn upgrade(node: Arc<Node>, mut req: Request, mode: Mode) -> Response {
             "bad_handshake",
             "connection cannot be upgraded",
         );
+    };
+    let mut res = Response::new(Body::empty());
+    *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    negotiated.write_response_headers(res.headers_mut());
+    let opening = Opening {
+        mode,
+        grant,
+        negotiated,
     };
     let tracker = node.tracker.clone();
     tracker.spawn(async move {
@@ -136,23 +86,11 @@ fn upgrade(node: Arc<Node>, mut req: Request, mode: Mode) -> Response {
                 return;
             }
         };
-        match start_session(node, upgraded, mode, grant) {
+        match start_session(node, upgraded, opening) {
             Some(session) => session.await,
             None => debug!("upgraded connection is neither TCP nor TLS over TCP"),
         }
     });
-    let mut res = Response::new(Body::empty());
-    *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = res.headers_mut();
-    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    h.insert(
-        header::SEC_WEBSOCKET_ACCEPT,
-        HeaderValue::from_str(&accept).expect("base64 is a valid header value"),
-    );
-    if let Some(p) = protocol.and_then(|p| HeaderValue::from_str(&p).ok()) {
-        h.insert(header::SEC_WEBSOCKET_PROTOCOL, p);
-    }
     res
 }
 
@@ -167,15 +105,14 @@ fn upgrade(node: Arc<Node>, mut req: Request, mode: Mode) -> Response {
 fn start_session(
     node: Arc<Node>,
     upgraded: Upgraded,
-    mode: Mode,
-    grant: Option<Grant>,
+    opening: Opening,
 ) -> Option<Either<impl Future<Output = ()>, Pin<Box<impl Future<Output = ()>>>>> {
     let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
         Ok(parts) => {
             let early = early_bytes(parts.read_buf);
             let io = parts.io.into_inner();
             let fd = std::os::fd::AsRawFd::as_raw_fd(&io);
-            return Some(Either::Left(session::run(node, io, early, mode, grant, Some(fd))));
+            return Some(Either::Left(session::run(node, io, early, opening, Some(fd))));
         }
         Err(upgraded) => upgraded,
     };
@@ -185,7 +122,7 @@ fn start_session(
     let early = early_bytes(parts.read_buf);
     let io = parts.io.into_inner();
     Some(Either::Right(Box::pin(session::run(
-        node, io, early, mode, grant, None,
+        node, io, early, opening, None,
     ))))
 }
 

@@ -28,6 +28,7 @@ use serde_json::json;
 use serde_json::value::RawValue;
 
 use crate::broker::{BrokerError, Payload, Publication, Target};
+use crate::disconnect::{API_DISCONNECT, Disconnect};
 use crate::node::Node;
 use crate::protocol::validate_group;
 
@@ -56,7 +57,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut r = crate::http::error(self.status, self.code, &self.message);
+        let mut r = super::error(self.status, self.code, &self.message);
         if self.status == StatusCode::UNAUTHORIZED {
             r.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -132,15 +133,36 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Read a body of at most `limit` bytes.
-async fn read_body(req: Request, limit: usize) -> Result<Bytes, ApiError> {
-    let limited = http_body_util::Limited::new(req.into_body(), limit);
+/// Largest body of `/api/disconnect`: a connection id, a code and a
+/// reason of at most 123 bytes fit many times over.
+const DISCONNECT_BODY_LIMIT: usize = 4096;
+
+/// Which limit a body is held to, for the 413 message.
+#[derive(Clone, Copy)]
+enum BodyLimit {
+    /// `--max-message-size`: bodies that carry a message.
+    MessageSize(usize),
+    /// An endpoint's own limit.
+    Endpoint(usize),
+}
+
+/// Read a body within `limit`.
+async fn read_body(req: Request, limit: BodyLimit) -> Result<Bytes, ApiError> {
+    let (BodyLimit::MessageSize(max) | BodyLimit::Endpoint(max)) = limit;
+    let limited = http_body_util::Limited::new(req.into_body(), max);
     match limited.collect().await {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
-            format!("request body exceeds the maximum message size of {limit} bytes"),
+            match limit {
+                BodyLimit::MessageSize(_) => {
+                    format!("request body exceeds the maximum message size of {max} bytes")
+                }
+                BodyLimit::Endpoint(_) => {
+                    format!("request body exceeds this endpoint's limit of {max} bytes")
+                }
+            },
         )),
         Err(e) => Err(ApiError::bad_request(format!("cannot read request body: {e}"))),
     }
@@ -190,7 +212,7 @@ fn data_bytes(body: &Bytes, data: &RawValue) -> Payload {
 /// Count and deliver a publication that came through the API (it has no
 /// publishing connection and no user).
 async fn publish_from_api(node: &Node, target: Target, payload: Payload, body_len: usize) -> ApiResult {
-    node.stats
+    node.metrics
         .api_publishes(matches!(payload, Payload::Binary(_)), body_len);
     let publication = Publication {
         target,
@@ -232,7 +254,7 @@ async fn publish(
 ) -> ApiResult {
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let kind = body_kind(&req)?;
-    let body = read_body(req, node.config.max_message_size).await?;
+    let body = read_body(req, BodyLimit::MessageSize(node.config.max_message_size)).await?;
     let (group, payload) = match kind {
         BodyKind::Json => {
             let b: PublishBody<'_> = parse_json(&body)?;
@@ -259,7 +281,7 @@ struct BroadcastBody<'a> {
 /// `POST /api/broadcast`: `{"data"}` to every connection.
 async fn broadcast(State(node): State<Arc<Node>>, req: Request) -> ApiResult {
     json_only(&req)?;
-    let body = read_body(req, node.config.max_message_size).await?;
+    let body = read_body(req, BodyLimit::MessageSize(node.config.max_message_size)).await?;
     let b: BroadcastBody<'_> = parse_json(&body)?;
     publish_from_api(&node, Target::All, data_bytes(&body, b.data), body.len()).await
 }
@@ -284,7 +306,7 @@ fn unknown_connection(id: &str) -> ApiError {
 /// `POST /api/send`: `{"to","data"}` to one connection; 404 if unknown.
 async fn send(State(node): State<Arc<Node>>, req: Request) -> ApiResult {
     json_only(&req)?;
-    let body = read_body(req, node.config.max_message_size).await?;
+    let body = read_body(req, BodyLimit::MessageSize(node.config.max_message_size)).await?;
     let b: SendBody<'_> = parse_json(&body)?;
     let id: u64 = b.to.parse().map_err(|_| unknown_connection(&b.to))?;
     publish_from_api(&node, Target::Conn(id), data_bytes(&body, b.data), body.len()).await
@@ -300,9 +322,6 @@ struct DisconnectBody {
     reason: String,
 }
 
-/// Close code used by `/api/disconnect` when the caller gives none.
-pub const API_DISCONNECT: u16 = 4000;
-
 fn default_disconnect_code() -> u16 {
     API_DISCONNECT
 }
@@ -311,7 +330,7 @@ fn default_disconnect_code() -> u16 {
 /// after what is already queued for it.
 async fn disconnect(State(node): State<Arc<Node>>, req: Request) -> ApiResult {
     json_only(&req)?;
-    let body = read_body(req, 4096).await?;
+    let body = read_body(req, BodyLimit::Endpoint(DISCONNECT_BODY_LIMIT)).await?;
     let b: DisconnectBody = parse_json(&body)?;
     if !(b.code == 1000 || (3000..=4999).contains(&b.code)) {
         return Err(ApiError::bad_request(
@@ -327,7 +346,10 @@ async fn disconnect(State(node): State<Arc<Node>>, req: Request) -> ApiResult {
         .ok()
         .and_then(|id| node.hub.connection(id))
         .ok_or_else(|| unknown_connection(&b.conn))?;
-    let accepted = outbox.request_close_with_reason(b.code, &b.reason);
+    let accepted = outbox.request_close(Disconnect::Api {
+        code: b.code,
+        reason: b.reason.into(),
+    });
     Ok(axum::Json(json!({
         "conn": b.conn,
         "code": b.code,
