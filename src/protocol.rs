@@ -362,6 +362,18 @@ fn reply(kind: &str, id: Option<&RawValue>) -> Bytes {
     out.finish(OP_TEXT)
 }
 
+/// `{"type":"left","group":"<group>","reason":"<text>"}`: the server took
+/// the connection out of a group (a refreshed token no longer allows it).
+pub fn left(group: &str, reason: &str) -> Bytes {
+    let mut out = FramePayload::with_capacity(48 + group.len() + reason.len());
+    out.extend_from_slice(br#"{"type":"left","group":"#);
+    json_str(&mut out, group);
+    out.extend_from_slice(br#","reason":"#);
+    json_str(&mut out, reason);
+    out.push(b'}');
+    out.finish(OP_TEXT)
+}
+
 /// `{"type":"error","id":<id>,"code":"<code>","message":"<text>"}`
 pub fn error(e: &RequestError<'_>) -> Bytes {
     let mut out = FramePayload::with_capacity(64 + e.message.len());

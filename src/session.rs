@@ -365,6 +365,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     /// `refresh`: replace the token with a newer one for the same user.
+    /// Groups the new token no longer allows are left, each with a `left`
+    /// frame before the `ack`.
     async fn refresh(&mut self, token: &str) -> Result<(), Failure> {
         let Some(verifier) = self.node.auth.clone() else {
             return Err((
@@ -378,6 +380,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let current = self.grant.as_ref().and_then(|g| g.user.clone());
         if new.user != current {
             return Err((ErrorCode::NotAllowed, "the new token is for another user".into()));
+        }
+        let revoked: Vec<Arc<str>> = self
+            .membership
+            .groups
+            .iter()
+            .filter(|g| !new.join.allows(g))
+            .cloned()
+            .collect();
+        for group in revoked {
+            self.leave(&group).await;
+            self.outbox
+                .push_reply(protocol::left(&group, "the new token does not allow this group"));
         }
         self.expires = Some(Instant::now() + new.remaining());
         self.grant = Some(new);

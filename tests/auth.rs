@@ -247,3 +247,50 @@ async fn without_auth_refresh_is_a_bad_request_and_no_user_appears() {
     assert!(recv_json(&mut ws).await.get("user").is_none());
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_refresh_that_narrows_groups_leaves_the_groups_it_no_longer_allows() {
+    let server = start(auth_config()).await;
+    let wide = token(json!({"sub":"ann","exp": now() + 60, "groups": ["chat:*", "lobby"]}));
+    let mut ann = connect_with(&server, &wide).await;
+    for (id, g) in [(1, "chat:a"), (2, "chat:b"), (3, "lobby")] {
+        let r = request(&mut ann, json!({"type":"join","group":g,"id":id})).await;
+        assert_eq!(r, json!({"type":"ack","id":id}), "{g}");
+    }
+    let narrow = token(json!({"sub":"ann","exp": now() + 60, "groups": ["chat:a"]}));
+    send_json(&mut ann, json!({"type":"refresh","token":narrow,"id":4})).await;
+    let mut left = Vec::new();
+    loop {
+        let f = recv_json(&mut ann).await;
+        if f["type"] == "ack" {
+            assert_eq!(f["id"], 4);
+            break;
+        }
+        assert_eq!(f["type"], "left", "{f}");
+        assert_eq!(f["reason"], "the new token does not allow this group");
+        left.push(f["group"].as_str().unwrap().to_owned());
+    }
+    left.sort();
+    assert_eq!(left, ["chat:b", "lobby"]);
+    let members = |g: &str| server.node.hub.member_count(g);
+    assert_eq!(
+        (members("chat:a"), members("chat:b"), members("lobby")),
+        (1, 0, 0)
+    );
+    // Nothing published to a revoked group reaches the connection any more;
+    // the group still allowed works.
+    let mut other = connect_with(&server, &wide).await;
+    for (id, g) in [(1, "lobby"), (2, "chat:a")] {
+        let r = request(&mut other, json!({"type":"publish","group":g,"data":g,"id":id})).await;
+        assert_eq!(r["type"], "ack");
+    }
+    let m = recv_json(&mut ann).await;
+    assert_eq!(
+        (m["type"].as_str(), m["data"].as_str()),
+        (Some("message"), Some("chat:a"))
+    );
+    // And joining a revoked group again is refused.
+    let e = request(&mut ann, json!({"type":"join","group":"lobby","id":5})).await;
+    assert_eq!(e["code"], "not_allowed");
+    server.stop().await;
+}
