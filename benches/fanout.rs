@@ -15,6 +15,7 @@ use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, 
 use roomcast::config::SlowConsumerPolicy;
 use roomcast::hub::{Hub, HubConfig};
 use roomcast::outbox::Outbox;
+use roomcast::prepared::Prepared;
 use roomcast::protocol;
 
 fn fanout(c: &mut Criterion) {
@@ -35,12 +36,12 @@ fn fanout(c: &mut Criterion) {
         for o in &outboxes {
             hub.join("room", o);
         }
-        let frame = protocol::message_json(Some("room"), Some(1), None, &[b'1'; 64]);
+        let frame = Prepared::text(protocol::message_json(Some("room"), Some(1), None, &[b'1'; 64]));
         g.throughput(Throughput::Elements(members as u64));
         g.bench_with_input(
             BenchmarkId::from_parameter(members),
             &frame,
-            |b, frame: &Bytes| {
+            |b, frame: &Prepared| {
                 b.iter_batched(
                     // Untimed: empty every queue, so each publication finds room.
                     || drain(&outboxes),

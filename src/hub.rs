@@ -1,8 +1,8 @@
 //! The local registry: connections by id and groups by name, sharded so that
 //! joins, leaves and publishes on different groups rarely meet on a lock.
 //!
-//! Fan-out takes the group's read lock, pushes one reference-counted frame
-//! into each member's [`Outbox`] (lock-free) and applies the slow-consumer
+//! Fan-out takes the group's read lock, pushes the reference-counted frame
+//! of one [`Prepared`] message into each member's [`Outbox`] (lock-free) and applies the slow-consumer
 //! policy to members whose queue is full. Counters are added once per
 //! publication, not once per recipient.
 //!
@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
-use bytes::Bytes;
 use indexmap::IndexMap;
 
 use crate::config::SlowConsumerPolicy;
@@ -23,6 +22,7 @@ use crate::flush::Flusher;
 use crate::id::ConnId;
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, PushError};
+use crate::prepared::Prepared;
 
 const GROUP_SHARDS: usize = 64;
 const CONN_SHARDS: usize = 16;
@@ -204,9 +204,9 @@ impl Hub {
         g.map_or(0, |g| read(&g.members).len())
     }
 
-    /// Queue `frame` for every member of `group` except `from` when echo is
-    /// off. One frame, shared by all.
-    pub fn fanout(&self, group: &str, frame: &Bytes, from: Option<ConnId>) -> Fanout {
+    /// Queue `message` for every member of `group` except `from` when echo
+    /// is off. One message, prepared once, shared by all.
+    pub fn fanout(&self, group: &str, message: &Prepared, from: Option<ConnId>) -> Fanout {
         let start = Instant::now();
         let Some(g) = lock(self.group_shard(group)).get(group).cloned() else {
             self.count(&Fanout::default(), start);
@@ -218,7 +218,7 @@ impl Hub {
             let members = read(&g.members);
             for (&id, outbox) in members.iter() {
                 if Some(id) != skip {
-                    self.offer(outbox, frame, &mut out);
+                    self.offer(outbox, message, &mut out);
                 }
             }
         }
@@ -226,24 +226,24 @@ impl Hub {
         out
     }
 
-    /// Queue `frame` for one connection; `None` if it is not connected.
-    pub fn send_to(&self, id: ConnId, frame: &Bytes) -> Option<Fanout> {
+    /// Queue `message` for one connection; `None` if it is not connected.
+    pub fn send_to(&self, id: ConnId, message: &Prepared) -> Option<Fanout> {
         let start = Instant::now();
         let outbox = self.connection(id)?;
         let mut out = Fanout::default();
-        self.offer(&outbox, frame, &mut out);
+        self.offer(&outbox, message, &mut out);
         self.count(&out, start);
         Some(out)
     }
 
-    /// Queue `frame` for every connection.
-    pub fn broadcast(&self, frame: &Bytes) -> Fanout {
+    /// Queue `message` for every connection.
+    pub fn broadcast(&self, message: &Prepared) -> Fanout {
         let start = Instant::now();
         let mut out = Fanout::default();
         for shard in self.conns.iter() {
             let conns = lock(shard);
             for (outbox, _) in conns.values().filter(|(_, listed)| *listed) {
-                self.offer(outbox, frame, &mut out);
+                self.offer(outbox, message, &mut out);
             }
         }
         self.count(&out, start);
@@ -285,8 +285,8 @@ impl Hub {
         (!ids.is_empty()).then_some(ids)
     }
 
-    fn offer(&self, outbox: &Outbox, frame: &Bytes, out: &mut Fanout) {
-        match outbox.try_push(frame.clone()) {
+    fn offer(&self, outbox: &Outbox, message: &Prepared, out: &mut Fanout) {
+        match outbox.try_push(message.frame()) {
             Ok(()) => out.delivered += 1,
             Err(PushError::Closing) => {}
             Err(PushError::Full) => match self.config.policy {
@@ -326,6 +326,12 @@ fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 mod tests {
     use super::*;
 
+    fn text(payload: &[u8]) -> Prepared {
+        let mut p = crate::ws::frame::FramePayload::with_capacity(payload.len());
+        p.extend_from_slice(payload);
+        Prepared::text(p)
+    }
+
     fn hub(policy: SlowConsumerPolicy, no_echo: bool) -> Hub {
         let cfg = HubConfig {
             queue_messages: 2,
@@ -364,16 +370,16 @@ mod tests {
             let b = h.register(true);
             h.join("g", &a);
             h.join("g", &b);
-            let frame = Bytes::from_static(b"xx");
+            let frame = text(b"xx");
             assert_eq!(h.fanout("g", &frame, Some(a.id())).delivered, 2);
             // Drain a only; b is slow.
             let mut batch = Vec::new();
             a.pop_batch(&mut batch, 10, 100);
             assert!(
-                batch.iter().all(|f| f.as_ptr() == frame.as_ptr()),
+                batch.iter().all(|f| f.as_ptr() == frame.frame().as_ptr()),
                 "same bytes, no copy"
             );
-            a.written(batch.len(), 2 * batch.len());
+            a.written(batch.len(), 4 * batch.len());
             h.fanout("g", &frame, None);
             let out = h.fanout("g", &frame, None);
             match policy {
@@ -412,13 +418,10 @@ mod tests {
         let b = h.register(true);
         h.join("g", &a);
         h.join("g", &b);
-        assert_eq!(
-            h.fanout("g", &Bytes::from_static(b"x"), Some(a.id())).delivered,
-            1
-        );
+        assert_eq!(h.fanout("g", &text(b"x"), Some(a.id())).delivered, 1);
         assert_eq!((a.len(), b.len()), (0, 1));
-        assert!(h.send_to(999, &Bytes::new()).is_none());
-        assert_eq!(h.send_to(a.id(), &Bytes::new()).unwrap().delivered, 1);
+        assert!(h.send_to(999, &text(b"")).is_none());
+        assert_eq!(h.send_to(a.id(), &text(b"")).unwrap().delivered, 1);
         h.unregister(a.id(), &Disconnect::Eof);
         assert!(h.connection(a.id()).is_none());
     }

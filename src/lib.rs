@@ -24,7 +24,10 @@
 //!   publication order without waking each connection's task.
 //! - [`outbox`]: the bounded, lock-free outbound queue of one connection,
 //!   and the list a flush shard takes it from.
-//! - [`protocol`]: JSON and binary requests, encoding of server messages.
+//! - [`prepared`]: a message prepared once for all its recipients: the
+//!   frames each kind of recipient needs, built at most once each.
+//! - [`protocol`]: JSON and binary requests, encoding of server messages
+//!   (payloads, not frames).
 //! - [`metrics`]: lock-free counters and histograms, in the Prometheus text
 //!   format; also read by `/stats`.
 //! - [`limits`]: admission limits (connection caps, connect rate, Origin,
@@ -48,7 +51,7 @@
 //! node
 //! broker, conn
 //! hub
-//! flush
+//! prepared, flush
 //! outbox
 //! metrics, logging
 //! config             (builds auth, limits and tls from the settings it validates)
@@ -80,6 +83,7 @@ pub mod logging;
 pub mod metrics;
 pub mod node;
 pub mod outbox;
+pub mod prepared;
 pub mod protocol;
 pub mod server;
 pub mod session;

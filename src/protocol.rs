@@ -1,6 +1,12 @@
 //! The roomcast wire protocol on top of WebSocket messages (see
 //! `docs/protocol.md`): JSON requests in text frames, a compact binary form in
-//! binary frames, and the encoding of every server frame.
+//! binary frames, and the encoding of every server message.
+//!
+//! Server messages come out as payloads ([`FramePayload`]: the JSON text or
+//! the binary type-4 body, with room left in front for a frame header), not
+//! frames: how a payload goes on the wire (plain, or compressed for
+//! recipients that negotiated it) is decided once per message for all its
+//! recipients, by [`crate::prepared`].
 //!
 //! Decoding borrows from the received message: `data` and `id` stay raw JSON
 //! slices, so a publish is never parsed into a value tree nor re-serialized.
@@ -8,12 +14,11 @@
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
-use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::id::ConnId;
-use crate::ws::frame::{FramePayload, OP_BINARY, OP_TEXT};
+use crate::ws::frame::FramePayload;
 
 /// Longest group name, in bytes.
 pub const MAX_GROUP_LEN: usize = 128;
@@ -326,30 +331,32 @@ pub fn parse_binary(frame: &[u8]) -> Result<Request<'_>, RequestError<'static>> 
     }
 }
 
-// ---- server frames ----
+// ---- server messages (payloads) ----
 
 fn json_str(out: &mut FramePayload, s: &str) {
     serde_json::to_writer(&mut *out, s).expect("writing to memory cannot fail");
 }
 
 /// `{"type":"welcome","conn":"<id>"}`
-pub fn welcome(conn: ConnId) -> Bytes {
+pub fn welcome(conn: ConnId) -> FramePayload {
     let mut s = String::with_capacity(48);
     let _ = write!(s, r#"{{"type":"welcome","conn":"{conn}"}}"#);
-    crate::ws::frame::encode(OP_TEXT, s.as_bytes())
+    let mut out = FramePayload::with_capacity(s.len());
+    out.extend_from_slice(s.as_bytes());
+    out
 }
 
 /// `{"type":"ack","id":<id>}`
-pub fn ack(id: &RawValue) -> Bytes {
+pub fn ack(id: &RawValue) -> FramePayload {
     reply("ack", Some(id))
 }
 
 /// `{"type":"pong","id":<id>}` (no id if the ping had none).
-pub fn pong(id: Option<&RawValue>) -> Bytes {
+pub fn pong(id: Option<&RawValue>) -> FramePayload {
     reply("pong", id)
 }
 
-fn reply(kind: &str, id: Option<&RawValue>) -> Bytes {
+fn reply(kind: &str, id: Option<&RawValue>) -> FramePayload {
     let mut out = FramePayload::with_capacity(32);
     out.extend_from_slice(br#"{"type":""#);
     out.extend_from_slice(kind.as_bytes());
@@ -359,23 +366,23 @@ fn reply(kind: &str, id: Option<&RawValue>) -> Bytes {
         out.extend_from_slice(id.get().as_bytes());
     }
     out.push(b'}');
-    out.finish(OP_TEXT)
+    out
 }
 
 /// `{"type":"left","group":"<group>","reason":"<text>"}`: the server took
 /// the connection out of a group (a refreshed token no longer allows it).
-pub fn left(group: &str, reason: &str) -> Bytes {
+pub fn left(group: &str, reason: &str) -> FramePayload {
     let mut out = FramePayload::with_capacity(48 + group.len() + reason.len());
     out.extend_from_slice(br#"{"type":"left","group":"#);
     json_str(&mut out, group);
     out.extend_from_slice(br#","reason":"#);
     json_str(&mut out, reason);
     out.push(b'}');
-    out.finish(OP_TEXT)
+    out
 }
 
 /// `{"type":"error","id":<id>,"code":"<code>","message":"<text>"}`
-pub fn error(e: &RequestError<'_>) -> Bytes {
+pub fn error(e: &RequestError<'_>) -> FramePayload {
     let mut out = FramePayload::with_capacity(64 + e.message.len());
     out.extend_from_slice(br#"{"type":"error""#);
     if let Some(id) = e.id {
@@ -387,14 +394,19 @@ pub fn error(e: &RequestError<'_>) -> Bytes {
     out.extend_from_slice(br#"","message":"#);
     json_str(&mut out, &e.message);
     out.push(b'}');
-    out.finish(OP_TEXT)
+    out
 }
 
 /// `{"type":"message","group":"G","from":"<id>","user":"<sub>","data":<data>}`;
 /// `group` is absent for a direct message, `from` for a server-side
 /// publication, `user` when the publisher did not authenticate.
 /// `data` must be valid JSON text.
-pub fn message_json(group: Option<&str>, from: Option<ConnId>, user: Option<&str>, data: &[u8]) -> Bytes {
+pub fn message_json(
+    group: Option<&str>,
+    from: Option<ConnId>,
+    user: Option<&str>,
+    data: &[u8],
+) -> FramePayload {
     let mut out = FramePayload::with_capacity(48 + group.map_or(0, str::len) + data.len());
     out.extend_from_slice(br#"{"type":"message""#);
     if let Some(g) = group {
@@ -413,27 +425,26 @@ pub fn message_json(group: Option<&str>, from: Option<ConnId>, user: Option<&str
     out.extend_from_slice(br#","data":"#);
     out.extend_from_slice(data);
     out.push(b'}');
-    out.finish(OP_TEXT)
+    out
 }
 
 /// Binary delivery: type 4 (LE u32), group length, group, message bytes.
-pub fn message_binary(group: &str, data: &[u8]) -> Bytes {
+pub fn message_binary(group: &str, data: &[u8]) -> FramePayload {
     debug_assert!(group.len() <= MAX_GROUP_LEN);
     let mut out = FramePayload::with_capacity(5 + group.len() + data.len());
     out.extend_from_slice(&BIN_MESSAGE.to_le_bytes());
     out.push(group.len() as u8);
     out.extend_from_slice(group.as_bytes());
     out.extend_from_slice(data);
-    out.finish(OP_BINARY)
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn payload(frame: &Bytes) -> &str {
-        // Small frames only: 2-byte header.
-        std::str::from_utf8(&frame[2..]).unwrap()
+    fn payload(p: &FramePayload) -> &str {
+        std::str::from_utf8(p).unwrap()
     }
 
     #[test]
@@ -567,6 +578,6 @@ mod tests {
             serde_json::json!({"type":"message","group":"g\"1","from":"7","data":{"k":1}})
         );
         let b = message_binary("ab", b"xyz");
-        assert_eq!(&b[..], b"\x82\x0a\x04\0\0\0\x02abxyz");
+        assert_eq!(&b[..], b"\x04\0\0\0\x02abxyz");
     }
 }

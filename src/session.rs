@@ -19,10 +19,11 @@ use crate::limits::{MessageBucket, RateVerdict};
 use crate::metrics::{Protocol, Source};
 use crate::node::Node;
 use crate::outbox::Outbox;
+use crate::prepared::Prepared;
 use crate::protocol::{self, Data, ErrorCode, Request, RequestError};
 use crate::ws::Event;
 use crate::ws::close;
-use crate::ws::frame::{self, OP_BINARY, OP_PONG, OP_TEXT};
+use crate::ws::frame::{self, FramePayload, OP_BINARY, OP_PONG, OP_TEXT};
 use crate::ws::handshake::Negotiated;
 
 /// Which endpoint the client connected to.
@@ -141,7 +142,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             self.outbox.request_close(Disconnect::Shutdown);
         }
         if self.mode == Mode::Protocol {
-            self.outbox.push_reply(protocol::welcome(self.outbox.id()));
+            self.reply(protocol::welcome(self.outbox.id()));
             self.next_ping = self.node.config.ping().map(|p| Instant::now() + p);
         }
         self.arm_timer();
@@ -275,14 +276,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
             Request::Refresh { token } => self.refresh(&token).await,
             Request::Ping => {
-                self.outbox.push_reply(protocol::pong(id));
+                self.reply(protocol::pong(id));
                 return;
             }
         };
         match result {
             Ok(()) => {
                 if let Some(id) = id {
-                    self.outbox.push_reply(protocol::ack(id));
+                    self.reply(protocol::ack(id));
                 }
             }
             Err((code, message)) => self.reply_error(&RequestError { id, code, message }),
@@ -390,8 +391,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             .collect();
         for group in revoked {
             self.leave(&group).await;
-            self.outbox
-                .push_reply(protocol::left(&group, "the new token does not allow this group"));
+            self.reply(protocol::left(&group, "the new token does not allow this group"));
         }
         self.expires = Some(Instant::now() + new.remaining());
         self.grant = Some(new);
@@ -458,7 +458,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     fn reply_error(&self, e: &RequestError<'_>) {
         self.node.metrics.record_error_sent(e.code);
-        self.outbox.push_reply(protocol::error(e));
+        self.reply(protocol::error(e));
+    }
+
+    /// Queue a message the connection owes its own client.
+    fn reply(&self, payload: FramePayload) {
+        self.outbox.push_reply(Prepared::text(payload).frame());
     }
 
     async fn publish_to(&self, target: Target, payload: Payload) -> Result<(), BrokerError> {

@@ -31,7 +31,7 @@ use socket2::{Domain, Socket, Type};
 use super::histogram::Histogram;
 use super::{Report, at_least_one, now_us, own_usage, parse_duration, push_latency};
 use crate::protocol::message_json;
-use crate::ws::frame::{OP_TEXT, encode};
+use crate::ws::frame::OP_TEXT;
 
 /// Options of the `floor` scenario.
 #[derive(Debug, Clone, Args)]
@@ -197,12 +197,10 @@ pub fn run(args: &FloorArgs, sources: usize, fd_limit: u64) -> anyhow::Result<Re
 /// of `size` bytes published by a connection (what `fanout` receives).
 pub fn record_len(size: usize) -> usize {
     let data = format!("\"{}\"", "x".repeat(size));
-    encode(
-        OP_TEXT,
-        &message_json(Some("g0"), Some(10_001), None, data.as_bytes()),
-    )
-    .len()
-    .max(HEAD)
+    message_json(Some("g0"), Some(10_001), None, data.as_bytes())
+        .finish(OP_TEXT)
+        .len()
+        .max(HEAD)
 }
 
 /// Open `n` connected pairs over loopback, the client ends bound to

@@ -4,7 +4,8 @@
 //! [`Publication`] to the node's [`Broker`]. The in-memory broker delivers it
 //! straight to the local [`Hub`](crate::hub::Hub); a cluster broker (Redis,
 //! NATS) sends it to every node, and each node's subscriber task delivers it
-//! to its own hub. Each node encodes a publication once for its members.
+//! to its own hub. The broker carries payloads, never frames: each node
+//! prepares a publication once for its own members ([`Prepared`]).
 
 pub mod memory;
 
@@ -16,6 +17,7 @@ use bytes::Bytes;
 
 use crate::hub::{Fanout, Hub};
 use crate::id::ConnId;
+use crate::prepared::Prepared;
 use crate::protocol;
 
 pub use memory::MemoryBroker;
@@ -81,21 +83,21 @@ pub trait Broker: Send + Sync + 'static {
     fn unsubscribe(&self, group: Arc<str>) -> BoxFuture<'_, Result<(), BrokerError>>;
 }
 
-/// Encode `p` once and queue it for its local recipients.
+/// Prepare `p` once and queue it for its recipients on this node.
 pub fn deliver_local(hub: &Hub, p: &Publication) -> Result<Fanout, BrokerError> {
     let group = match &p.target {
         Target::Group(g) => Some(&**g),
         _ => None,
     };
-    let frame = match &p.payload {
-        Payload::Json(data) => protocol::message_json(group, p.from, p.user.as_deref(), data),
-        Payload::Binary(data) => protocol::message_binary(group.unwrap_or(""), data),
+    let message = match &p.payload {
+        Payload::Json(data) => Prepared::text(protocol::message_json(group, p.from, p.user.as_deref(), data)),
+        Payload::Binary(data) => Prepared::binary(protocol::message_binary(group.unwrap_or(""), data)),
     };
     match &p.target {
-        Target::Group(g) => Ok(hub.fanout(g, &frame, p.from)),
+        Target::Group(g) => Ok(hub.fanout(g, &message, p.from)),
         Target::Conn(id) => hub
-            .send_to(*id, &frame)
+            .send_to(*id, &message)
             .ok_or(BrokerError::UnknownConnection(*id)),
-        Target::All => Ok(hub.broadcast(&frame)),
+        Target::All => Ok(hub.broadcast(&message)),
     }
 }

@@ -129,6 +129,15 @@ impl FramePayload {
     }
 }
 
+impl std::ops::Deref for FramePayload {
+    type Target = [u8];
+
+    /// The payload written so far.
+    fn deref(&self) -> &[u8] {
+        &self.buf[MAX_HEADER..]
+    }
+}
+
 impl std::io::Write for FramePayload {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.buf.extend_from_slice(buf);
