@@ -1,5 +1,6 @@
 //! Graceful shutdown: queued messages are flushed, then every client gets
-//! close 1001; the real binary exits 0 on SIGTERM.
+//! close 1001; during the drain new requests get 503 (`/readyz`, upgrades);
+//! the real binary exits 0 on SIGTERM.
 
 mod common;
 
@@ -61,6 +62,74 @@ async fn new_connections_are_refused_during_shutdown() {
     let r = tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await;
     assert!(r.is_err(), "upgrade must fail while shutting down");
     server.join().await;
+}
+
+/// Probes arriving all through the drain are answered, but do not keep it
+/// open: once the last session has ended, shutdown completes at once,
+/// long before the drain timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_probes_does_not_hold_the_drain_open() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let mut server = start(roomcast::config::Config {
+        drain_timeout: Duration::from_secs(5),
+        ..config()
+    })
+    .await;
+    let addr = server.addr;
+    let (mut client, _) = connect(&server).await;
+    let not_ready = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut flood = Vec::new();
+    for _ in 0..4 {
+        let (not_ready, stop) = (not_ready.clone(), stop.clone());
+        flood.push(tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(mut tcp) = tokio::net::TcpStream::connect(addr).await else {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                };
+                let req = format!("GET /readyz HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+                if tcp.write_all(req.as_bytes()).await.is_err() {
+                    continue;
+                }
+                let mut out = Vec::new();
+                let _ = tcp.read_to_end(&mut out).await;
+                if out.starts_with(b"HTTP/1.1 503") {
+                    not_ready.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    server.begin_shutdown();
+    let (_, frame) = recv_until_close(&mut client).await;
+    assert_eq!(u16::from(frame.unwrap().code), 1001);
+    // Connections that send nothing, as a slow client or a port scan would:
+    // the drain must not wait for their headers.
+    let mut silent = Vec::new();
+    for _ in 0..8 {
+        silent.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    // The drain is held open by `client` for a while, under the flood.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = client.close(None).await;
+    drop(client);
+    let started = std::time::Instant::now();
+    server.join().await;
+    let took = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    for f in flood {
+        f.await.unwrap();
+    }
+    assert!(
+        took < Duration::from_secs(2),
+        "shutdown took {took:?} after the last session ended (drain timeout 5 s)"
+    );
+    assert!(
+        not_ready.load(Ordering::Relaxed) > 0,
+        "no probe got 503 during the drain"
+    );
 }
 
 #[test]
