@@ -51,17 +51,68 @@ async fn shutdown_flushes_queues_then_closes_1001() {
     server.join().await;
 }
 
+const SHUTTING_DOWN: &str = r#"{"error":{"code":"shutting_down","message":"server is shutting down"}}"#;
+
+/// Send a WebSocket upgrade request on a new connection and read the whole
+/// reply; returns the status, the head (lower-cased) and the body.
+async fn upgrade_reply(addr: std::net::SocketAddr, path: &str) -> (u16, String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(upgrade_request(addr, path).as_bytes())
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(STEP, tcp.read_to_end(&mut out))
+        .await
+        .expect("the server closes the connection after its answer")
+        .unwrap();
+    let text = String::from_utf8(out).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").expect("a complete response");
+    (
+        head[9..12].parse().unwrap(),
+        head.to_ascii_lowercase(),
+        body.to_owned(),
+    )
+}
+
 #[tokio::test]
-async fn new_connections_are_refused_during_shutdown() {
+async fn new_requests_during_the_drain_get_503_then_the_listener_closes() {
     let mut server = start(config()).await;
     let addr = server.addr;
     // A client that never answers the close keeps the drain going for 1 s.
     let (_stuck, _) = connect(&server).await;
+    assert_eq!(
+        http_get(addr, "/readyz", &[]).await,
+        (200, r#"{"status":"ready"}"#.into())
+    );
     server.begin_shutdown();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let r = tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await;
-    assert!(r.is_err(), "upgrade must fail while shutting down");
+    // New connections are still accepted: a probe learns "not ready"
+    // instead of failing to connect.
+    let (status, head, body) = http_full(addr, "GET", "/readyz", &[], &[]).await;
+    assert_eq!((status, body.as_str()), (503, SHUTTING_DOWN), "{head}");
+    assert!(head.contains("content-type: application/json"), "{head}");
+    assert_eq!(
+        http_get(addr, "/healthz", &[]).await,
+        (200, r#"{"status":"ok"}"#.into())
+    );
+    for path in ["/ws", "/echo"] {
+        let (status, head, body) = upgrade_reply(addr, path).await;
+        assert_eq!((status, body.as_str()), (503, SHUTTING_DOWN), "{path}: {head}");
+        assert!(head.contains("connection: close"), "{path}: {head}");
+    }
+    match tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+            assert_eq!(r.status(), 503);
+            assert_eq!(r.body().as_deref(), Some(SHUTTING_DOWN.as_bytes()));
+        }
+        other => panic!("upgrade must get 503 while shutting down: {other:?}"),
+    }
     server.join().await;
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "the listener closes when the drain ends"
+    );
 }
 
 /// Probes arriving all through the drain are answered, but do not keep it
