@@ -8,7 +8,8 @@
 //! With a certificate configured ([`crate::tls`]) every connection is TLS:
 //! the handshake runs in the connection's own task (a slow client never
 //! holds up the accept loop), bounded by the handshake timeout, and SIGHUP
-//! reloads the certificate for new connections.
+//! reloads the certificate for new connections. Without TLS, SIGHUP is
+//! logged and otherwise ignored.
 //!
 //! Shutdown drains: sessions are flushed and closed, and meanwhile the
 //! listener stays open, so a load balancer's probe of `/readyz` gets `503`
@@ -104,11 +105,11 @@ impl Server {
     /// ends. With TLS, SIGHUP reloads the certificate meanwhile.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let Self { listener, node, tls } = self;
-        if let Some(tls) = &tls {
-            // Registered before the first accept, so a SIGHUP sent once the
-            // server answers never hits the default action (exit).
-            spawn_reload_on_sighup(tls.clone(), node.shutdown.clone());
-        }
+        // Registered before the first accept, so a SIGHUP sent once the
+        // server answers never hits the default action (exit). Without TLS
+        // there is nothing to reload, but process managers send SIGHUP to
+        // mean "reload", and that must not end the server.
+        spawn_reload_on_sighup(tls.clone(), node.shutdown.clone());
         let scheme = if tls.is_some() { "wss" } else { "ws" };
         info!(addr = %listener.local_addr()?, "roomcast listening ({scheme}:// on /ws)");
         let fd_limit = crate::limits::raise_open_file_limit();
@@ -184,13 +185,13 @@ impl Server {
 }
 
 /// Reload the certificate on every SIGHUP until shutdown. A failed reload
-/// keeps the certificate in use.
-fn spawn_reload_on_sighup(tls: Arc<Tls>, shutdown: CancellationToken) {
+/// keeps the certificate in use; without TLS, SIGHUP is only logged.
+fn spawn_reload_on_sighup(tls: Option<Arc<Tls>>, shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hup = match signal(SignalKind::hangup()) {
         Ok(s) => s,
         Err(e) => {
-            warn!(error = %e, "cannot listen for SIGHUP: TLS certificate reload disabled");
+            warn!(error = %e, "cannot listen for SIGHUP: a SIGHUP will end the process");
             return;
         }
     };
@@ -200,6 +201,10 @@ fn spawn_reload_on_sighup(tls: Arc<Tls>, shutdown: CancellationToken) {
                 _ = shutdown.cancelled() => return,
                 r = hup.recv() => if r.is_none() { return },
             }
+            let Some(tls) = &tls else {
+                info!("SIGHUP: nothing to reload (no TLS certificate configured)");
+                continue;
+            };
             match tls.reload() {
                 Ok(()) => info!(cert = %tls.cert_path().display(), "SIGHUP: TLS certificate reloaded"),
                 Err(e) => error!(error = %e, "SIGHUP: TLS reload failed; keeping the previous certificate"),

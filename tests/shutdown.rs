@@ -1,6 +1,6 @@
 //! Graceful shutdown: queued messages are flushed, then every client gets
 //! close 1001; during the drain new requests get 503 (`/readyz`, upgrades);
-//! the real binary exits 0 on SIGTERM.
+//! the real binary exits 0 on SIGTERM and keeps running on SIGHUP.
 
 mod common;
 
@@ -233,6 +233,88 @@ fn binary_exits_zero_on_sigterm_after_closing_clients() {
             break;
         }
         assert!(std::time::Instant::now() < deadline, "server did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Send `sig` (`-HUP`, `-TERM`) via the kill command (no libc dependency).
+fn kill(child: &std::process::Child, sig: &str) {
+    let status = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn binary_without_tls_logs_and_keeps_running_on_sighup() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_roomcast"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        .args(["--log-level", "info", "--drain-timeout", "1s"])
+        .env_remove("ROOMCAST_TLS_CERT")
+        .env_remove("ROOMCAST_TLS_KEY")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<serde_json::Value>();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let v = serde_json::from_str(&line).unwrap_or_else(|_| json!({ "message": line }));
+            if tx.send(v).is_err() {
+                return;
+            }
+        }
+    });
+    let next_line = |what: &str| {
+        let v = rx
+            .recv_timeout(STEP)
+            .unwrap_or_else(|e| panic!("no log line while waiting for {what}: {e}"));
+        eprintln!("server: {v}");
+        v
+    };
+    let addr = loop {
+        if let Some(addr) = next_line("listening")["addr"].as_str() {
+            break addr.to_owned();
+        }
+    };
+    let healthz = || {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).unwrap();
+        reply
+    };
+    assert!(healthz().starts_with("HTTP/1.1 200"));
+    kill(&child, "-HUP");
+    loop {
+        let v = next_line("the SIGHUP line");
+        if v["message"].as_str().unwrap_or("").contains("SIGHUP") {
+            assert_eq!(v["level"], "INFO", "{v}");
+            assert!(
+                v["message"].as_str().unwrap().contains("nothing to reload"),
+                "{v}"
+            );
+            break;
+        }
+    }
+    assert_eq!(child.try_wait().unwrap(), None, "SIGHUP ended the server");
+    let reply = healthz();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    kill(&child, "-TERM");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "exit status {status}");
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("server did not exit on SIGTERM");
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
 }
