@@ -27,7 +27,8 @@ enum Command {
     ShowConfig {
         #[command(flatten)]
         args: Box<ConfigArgs>,
-        /// Print the API key instead of a placeholder.
+        /// Print the secrets (`api_key` and `jwt_secret`) instead of a
+        /// placeholder.
         #[arg(long)]
         show_secrets: bool,
     },
