@@ -5,9 +5,12 @@
 //! (`--config`), `ROOMCAST_*` environment variables, command-line flags.
 //! clap parses flags and environment together and tells for each setting
 //! where its value came from ([`clap::parser::ValueSource`]); a value from
-//! the file replaces only defaults. Unknown keys in the file and unknown
-//! `ROOMCAST_*` variables are errors that name the key, so a typo never
-//! silently leaves a default in place.
+//! the file replaces only defaults. Unknown keys in the file are errors
+//! that name the key, so a typo never silently leaves a default in place.
+//! Unknown `ROOMCAST_*` variables are only warned about
+//! ([`unknown_env_vars`]): Kubernetes sets `ROOMCAST_PORT`,
+//! `ROOMCAST_SERVICE_HOST` and more in every pod of a namespace that has a
+//! Service named `roomcast`, and the server must start there.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -309,7 +312,6 @@ impl ConfigArgs {
     /// effective configuration, and validate it. `matches` are the parsed
     /// arguments of the subcommand (they say where each value came from).
     pub fn resolve(self, matches: &ArgMatches) -> Result<Config, ConfigError> {
-        check_env(std::env::vars().map(|(k, _)| k))?;
         let mut merged = toml::Table::try_from(&self.settings).map_err(|e| ConfigError {
             key: "(flags)".into(),
             message: e.to_string(),
@@ -366,8 +368,18 @@ fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
     Ok(table)
 }
 
-/// Reject `ROOMCAST_*` variables that match no setting.
-fn check_env(names: impl Iterator<Item = String>) -> Result<(), ConfigError> {
+/// The `ROOMCAST_*` variables of this process's environment that are
+/// neither a setting nor `ROOMCAST_CONFIG`, sorted. The caller warns about
+/// them: they are not errors, because an orchestrator may set such
+/// variables for its own reasons (Kubernetes' service links set
+/// `ROOMCAST_PORT=tcp://10.0.0.1:8080` for a Service named `roomcast`).
+/// A known variable with a bad value is still an error (clap's).
+pub fn unknown_env_vars() -> Vec<String> {
+    // `vars_os`: a variable whose name or value is not UTF-8 must not panic.
+    unknown_env(std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()))
+}
+
+fn unknown_env(names: impl Iterator<Item = String>) -> Vec<String> {
     let known = toml::Table::try_from(Config {
         api_key: Some(String::new()),
         log_level: Some(String::new()),
@@ -380,19 +392,27 @@ fn check_env(names: impl Iterator<Item = String>) -> Result<(), ConfigError> {
         ..Config::default()
     })
     .expect("defaults serialize");
-    for name in names {
-        let Some(rest) = name.strip_prefix("ROOMCAST_") else {
-            continue;
-        };
-        if OTHER_ENV.contains(&name.as_str()) || known.contains_key(&rest.to_ascii_lowercase()) {
-            continue;
-        }
-        return Err(ConfigError {
-            key: name.clone(),
-            message: "unknown environment variable (see docs/configuration.md)".into(),
-        });
-    }
-    Ok(())
+    let mut unknown: Vec<String> = names
+        .filter(|name| {
+            name.strip_prefix("ROOMCAST_").is_some_and(|rest| {
+                !OTHER_ENV.contains(&name.as_str()) && !known.contains_key(&rest.to_ascii_lowercase())
+            })
+        })
+        .collect();
+    unknown.sort();
+    unknown
+}
+
+/// The warning about [`unknown_env_vars`], `None` when there are none.
+pub fn unknown_env_warning(names: &[String]) -> Option<String> {
+    (!names.is_empty()).then(|| {
+        format!(
+            "ignoring unknown environment variable{} {} (not a roomcast setting; \
+             check for a typo, see docs/configuration.md)",
+            if names.len() == 1 { "" } else { "s" },
+            names.join(", ")
+        )
+    })
 }
 
 /// Longest accepted duration setting: far beyond any sensible value, and
@@ -579,5 +599,21 @@ mod tests {
         assert_eq!(c.validate().unwrap_err().key, "queue_messages");
         assert!(parse_duration("500ms").is_ok());
         assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn unknown_env_names_only_unknown_roomcast_variables() {
+        let names = [
+            "ROOMCAST_SERVICE_HOST",
+            "ROOMCAST_PORT",
+            "ROOMCAST_LISTEN",
+            "ROOMCAST_CONFIG",
+            "ROOMCAST_JWT_SECRET",
+            "PATH",
+        ];
+        assert_eq!(
+            unknown_env(names.iter().map(|n| n.to_string())),
+            ["ROOMCAST_PORT", "ROOMCAST_SERVICE_HOST"]
+        );
     }
 }

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
-use roomcast::config::ConfigArgs;
+use roomcast::config::{self, ConfigArgs};
 use roomcast::server::Server;
 
 /// roomcast: real-time WebSocket messaging with groups.
@@ -27,7 +27,8 @@ enum Command {
     ShowConfig {
         #[command(flatten)]
         args: Box<ConfigArgs>,
-        /// Print the API key instead of a placeholder.
+        /// Print the secrets (`api_key` and `jwt_secret`) instead of a
+        /// placeholder.
         #[arg(long)]
         show_secrets: bool,
     },
@@ -54,6 +55,9 @@ fn main() -> ExitCode {
                 Err(e) => return fail(&e),
             };
             roomcast::logging::init(config.log_format, config.log_level.as_deref());
+            if let Some(w) = config::unknown_env_warning(&config::unknown_env_vars()) {
+                tracing::warn!("{w}");
+            }
             let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(r) => r,
                 Err(e) => return fail(&e),
@@ -92,6 +96,9 @@ fn main() -> ExitCode {
         }
         Command::ShowConfig { args, show_secrets } => match args.resolve(sub) {
             Ok(config) => {
+                if let Some(w) = config::unknown_env_warning(&config::unknown_env_vars()) {
+                    eprintln!("roomcast: warning: {w}");
+                }
                 print!("{}", config.to_toml(show_secrets));
                 ExitCode::SUCCESS
             }

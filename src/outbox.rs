@@ -315,6 +315,8 @@ impl Outbox {
         if prev & RECLAIMING == 0 {
             return;
         }
+        #[cfg(test)]
+        tests::SWAP_WAITS.with(|n| n.set(n.get() + 1));
         let mut spins = 0u32;
         while self.len.load(Ordering::Acquire) & RECLAIMING != 0 {
             if spins < 64 {
@@ -812,17 +814,26 @@ mod tests {
         assert!(o.release_idle(true));
     }
 
-    #[test]
-    fn release_idle_races_with_pushers() {
+    thread_local! {
+        /// Pushes on this thread that found a release swapping the queues
+        /// (`wait_swap`'s slow path). Per thread, so other tests running
+        /// at the same time cannot add to a test's count.
+        pub(super) static SWAP_WAITS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
+
+    /// One round of `release_idle_races_with_pushers`: producers push
+    /// numbered frames while the consumer drains them and releases the
+    /// queues whenever they are empty. Checks that no frame is lost or
+    /// reordered; returns how many pushes waited for a swap, and how many
+    /// releases gave the queues back.
+    fn release_race_round(producers: u64, per: u64) -> (u64, u64) {
         use std::sync::Arc;
-        const PRODUCERS: u64 = 4;
-        const PER: u64 = 20_000;
         let o = Arc::new(Outbox::new(1, 1 << 20, 1 << 30));
-        let producers: Vec<_> = (0..PRODUCERS)
+        let threads: Vec<_> = (0..producers)
             .map(|p| {
                 let o = o.clone();
                 std::thread::spawn(move || {
-                    for i in 0..PER {
+                    for i in 0..per {
                         let mut f = p.to_be_bytes().to_vec();
                         f.extend_from_slice(&i.to_be_bytes());
                         o.try_push(Bytes::from(f)).unwrap();
@@ -830,13 +841,14 @@ mod tests {
                             std::thread::yield_now();
                         }
                     }
+                    SWAP_WAITS.with(|n| n.get())
                 })
             })
             .collect();
-        let mut next = [0u64; PRODUCERS as usize];
+        let mut next = vec![0u64; producers as usize];
         let (mut got, mut releases) = (0, 0);
         let mut batch = Vec::new();
-        while got < PRODUCERS * PER {
+        while got < producers * per {
             o.pop_batch(&mut batch, 7, usize::MAX);
             let n = batch.len();
             for f in batch.drain(..) {
@@ -851,13 +863,32 @@ mod tests {
                 releases += 1;
             }
         }
-        for p in producers {
-            p.join().unwrap();
-        }
+        let waits = threads.into_iter().map(|t| t.join().unwrap()).sum();
         assert_eq!((o.len(), o.bytes()), (0, 0));
         assert!(o.release_idle(true));
-        // Not asserted: how often the consumer found the queue drained.
-        let _ = releases;
+        (waits, releases)
+    }
+
+    /// Pushes that land while `release_idle` swaps the queues wait for the
+    /// swap and lose nothing. The race is timing-dependent, so rounds
+    /// repeat until it was seen (and enough releases happened), within a
+    /// bound, and the test fails if it never happened.
+    #[test]
+    fn release_idle_races_with_pushers() {
+        const MIN_RELEASES: u64 = 100;
+        const MAX_ROUNDS: u32 = 200;
+        let (mut waits, mut releases, mut rounds) = (0, 0, 0);
+        while waits == 0 || releases < MIN_RELEASES {
+            assert!(
+                rounds < MAX_ROUNDS,
+                "in {rounds} rounds ({releases} releases) no push found a release in progress"
+            );
+            let (w, r) = release_race_round(4, 20_000);
+            waits += w;
+            releases += r;
+            rounds += 1;
+        }
+        eprintln!("{rounds} rounds: {releases} releases, {waits} pushes waited for a swap");
     }
 
     #[test]

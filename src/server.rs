@@ -8,7 +8,14 @@
 //! With a certificate configured ([`crate::tls`]) every connection is TLS:
 //! the handshake runs in the connection's own task (a slow client never
 //! holds up the accept loop), bounded by the handshake timeout, and SIGHUP
-//! reloads the certificate for new connections.
+//! reloads the certificate for new connections. Without TLS, SIGHUP is
+//! logged and otherwise ignored.
+//!
+//! Shutdown drains: sessions are flushed and closed, and meanwhile the
+//! listener stays open, so a load balancer's probe of `/readyz` gets `503`
+//! rather than connection refused. Connections accepted during the drain
+//! serve one request each and are not waited for; the listener closes
+//! when the drain ends.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -21,6 +28,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
 use tracing::{debug, error, info, warn};
 
@@ -31,6 +39,10 @@ use crate::tls::Tls;
 
 /// Listen backlog, large enough for connection ramps in benchmarks.
 const BACKLOG: u32 = 4096;
+
+/// Once the drain has ended, how long a request that arrived on a
+/// connection accepted during the drain still has to be answered.
+const LATE_GRACE: Duration = Duration::from_millis(500);
 
 /// A bound server, ready to run.
 #[derive(Debug)]
@@ -84,17 +96,19 @@ impl Server {
         self.tls.as_ref()
     }
 
-    /// Serve until `shutdown` completes, then drain: stop accepting, flush
-    /// every client's queue and close it with 1001, wait at most the drain
-    /// timeout for sessions to end. With TLS, SIGHUP reloads the
-    /// certificate meanwhile.
+    /// Serve until `shutdown` completes, then drain: flush every client's
+    /// queue and close it with 1001, wait at most the drain timeout for
+    /// sessions to end. During the drain new connections are still
+    /// accepted, for one request each, which gets `503 shutting_down` on
+    /// `/readyz`, `/ws` and `/echo`; the listener closes when the drain
+    /// ends. With TLS, SIGHUP reloads the certificate meanwhile.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let Self { listener, node, tls } = self;
-        if let Some(tls) = &tls {
-            // Registered before the first accept, so a SIGHUP sent once the
-            // server answers never hits the default action (exit).
-            spawn_reload_on_sighup(tls.clone(), node.shutdown.clone());
-        }
+        // Registered before the first accept, so a SIGHUP sent once the
+        // server answers never hits the default action (exit). Without TLS
+        // there is nothing to reload, but process managers send SIGHUP to
+        // mean "reload", and that must not end the server.
+        spawn_reload_on_sighup(tls.clone(), node.shutdown.clone());
         let scheme = if tls.is_some() { "wss" } else { "ws" };
         info!(addr = %listener.local_addr()?, "roomcast listening ({scheme}:// on /ws)");
         let fd_limit = crate::limits::raise_open_file_limit();
@@ -129,33 +143,54 @@ impl Server {
             }
         });
         node.hub.start_flushers();
-        let accept = tokio::spawn(accept_loop(listener, node.clone(), tls));
+        let drained = CancellationToken::new();
+        // Connections accepted during the drain. They are not sessions and
+        // not on the node's tracker, so a stream of probes cannot keep the
+        // drain from ending.
+        let late = TaskTracker::new();
+        let accept = tokio::spawn(accept_loop(
+            listener,
+            node.clone(),
+            tls,
+            drained.clone(),
+            late.clone(),
+        ));
         shutdown.await;
         info!("shutting down: closing connections");
         node.shutdown.cancel();
-        let _ = accept.await;
         node.hub.close_all(&Disconnect::Shutdown);
         node.tracker.close();
         let grace = node.config.drain_timeout + Duration::from_millis(500);
-        if tokio::time::timeout(grace, node.tracker.wait()).await.is_err() {
+        let deadline = tokio::time::Instant::now() + grace;
+        if tokio::time::timeout_at(deadline, node.tracker.wait())
+            .await
+            .is_err()
+        {
             warn!(
                 remaining = node.tracker.len(),
                 "drain timeout: exiting with connections still open"
             );
         }
+        // The accept loop owns the listener: once it returns, connecting
+        // is refused.
+        drained.cancel();
+        let _ = accept.await;
+        late.close();
+        let late_deadline = deadline.min(tokio::time::Instant::now() + LATE_GRACE);
+        let _ = tokio::time::timeout_at(late_deadline, late.wait()).await;
         info!("shutdown complete");
         Ok(())
     }
 }
 
 /// Reload the certificate on every SIGHUP until shutdown. A failed reload
-/// keeps the certificate in use.
-fn spawn_reload_on_sighup(tls: Arc<Tls>, shutdown: CancellationToken) {
+/// keeps the certificate in use; without TLS, SIGHUP is only logged.
+fn spawn_reload_on_sighup(tls: Option<Arc<Tls>>, shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hup = match signal(SignalKind::hangup()) {
         Ok(s) => s,
         Err(e) => {
-            warn!(error = %e, "cannot listen for SIGHUP: TLS certificate reload disabled");
+            warn!(error = %e, "cannot listen for SIGHUP: a SIGHUP will end the process");
             return;
         }
     };
@@ -165,6 +200,10 @@ fn spawn_reload_on_sighup(tls: Arc<Tls>, shutdown: CancellationToken) {
                 _ = shutdown.cancelled() => return,
                 r = hup.recv() => if r.is_none() { return },
             }
+            let Some(tls) = &tls else {
+                info!("SIGHUP: nothing to reload (no TLS certificate configured)");
+                continue;
+            };
             match tls.reload() {
                 Ok(()) => info!(cert = %tls.cert_path().display(), "SIGHUP: TLS certificate reloaded"),
                 Err(e) => error!(error = %e, "SIGHUP: TLS reload failed; keeping the previous certificate"),
@@ -173,11 +212,20 @@ fn spawn_reload_on_sighup(tls: Arc<Tls>, shutdown: CancellationToken) {
     });
 }
 
-async fn accept_loop(listener: TcpListener, node: Arc<Node>, tls: Option<Arc<Tls>>) {
+/// Accept until `drained` is cancelled. Before shutdown a connection is
+/// served on the node's tracker until shutdown; once shutdown has begun,
+/// one request without keep-alive, on `late`, until `drained`.
+async fn accept_loop(
+    listener: TcpListener,
+    node: Arc<Node>,
+    tls: Option<Arc<Tls>>,
+    drained: CancellationToken,
+    late: TaskTracker,
+) {
     let router = crate::http::router(node.clone());
     loop {
         let accepted = tokio::select! {
-            _ = node.shutdown.cancelled() => return,
+            _ = drained.cancelled() => return,
             r = listener.accept() => r,
         };
         match accepted {
@@ -188,19 +236,26 @@ async fn accept_loop(listener: TcpListener, node: Arc<Node>, tls: Option<Arc<Tls
                 }
                 let _ = stream.set_nodelay(true);
                 let router = router.clone();
-                let token = node.shutdown.clone();
                 let timeout = node.config.handshake_timeout;
+                let draining = node.shutdown.is_cancelled();
+                let (tracker, token) = if draining {
+                    (&late, drained.clone())
+                } else {
+                    (&node.tracker, node.shutdown.clone())
+                };
+                let keep_alive = !draining;
                 // Two task types, so a plain connection's future does not
                 // carry room for a TLS handshake.
                 match &tls {
                     None => {
                         let io = TokioIo::new(stream);
-                        node.tracker.spawn(serve_http(io, peer, router, token, timeout));
+                        tracker.spawn(serve_http(io, peer, router, token, timeout, keep_alive));
                     }
                     Some(tls) => {
                         let acceptor = tls.acceptor();
-                        node.tracker
-                            .spawn(serve_tls(acceptor, stream, peer, router, token, timeout));
+                        tracker.spawn(serve_tls(
+                            acceptor, stream, peer, router, token, timeout, keep_alive,
+                        ));
                     }
                 }
             }
@@ -224,6 +279,7 @@ async fn serve_tls(
     router: axum::Router,
     token: CancellationToken,
     timeout: Duration,
+    keep_alive: bool,
 ) {
     let handshake = tokio::time::timeout(timeout, acceptor.accept(stream));
     let stream = tokio::select! {
@@ -240,17 +296,21 @@ async fn serve_tls(
             }
         },
     };
-    serve_http(TokioIo::new(stream), peer, router, token, timeout).await;
+    serve_http(TokioIo::new(stream), peer, router, token, timeout, keep_alive).await;
 }
 
 /// Serve HTTP/1.1 on one connection until it ends, is upgraded, or
-/// shutdown starts. `header_timeout` bounds the wait for request headers.
+/// `token` is cancelled (then an idle connection closes and one with a
+/// request in flight closes after answering it). `header_timeout` bounds
+/// the wait for request headers. Without `keep_alive` the connection
+/// closes after one response (`Connection: close`).
 async fn serve_http<S>(
     io: TokioIo<S>,
     peer: SocketAddr,
     router: axum::Router,
     token: CancellationToken,
     header_timeout: Duration,
+    keep_alive: bool,
 ) where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
@@ -262,6 +322,7 @@ async fn serve_http<S>(
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
+        .keep_alive(keep_alive)
         .serve_connection(io, service)
         .with_upgrades();
     tokio::pin!(conn);

@@ -1,5 +1,6 @@
 //! Configuration layering through the real binary: defaults < TOML file <
-//! ROOMCAST_* environment < flags, and rejection of unknown or bad keys.
+//! ROOMCAST_* environment < flags, rejection of unknown or bad keys, and
+//! a warning (not an error) for unknown ROOMCAST_* variables.
 
 use std::process::{Command, Output};
 
@@ -114,11 +115,6 @@ fn bad_keys_and_values_are_rejected_naming_the_key() {
         ),
         (
             vec![],
-            vec![("ROOMCAST_QUEUE_MESAGES", "1")],
-            "ROOMCAST_QUEUE_MESAGES",
-        ),
-        (
-            vec![],
             vec![("ROOMCAST_QUEUE_MESSAGES", "many")],
             "--queue-messages",
         ),
@@ -203,5 +199,87 @@ fn every_documented_environment_variable_is_known() {
     assert_eq!(
         effective(&["config", "--flushers", "0"], &[])["flushers"].as_integer(),
         Some(0)
+    );
+}
+
+/// What Kubernetes injects into every pod of a namespace with a Service
+/// named `roomcast`.
+const SERVICE_LINKS: &[(&str, &str)] = &[
+    ("ROOMCAST_PORT", "tcp://10.0.0.1:8080"),
+    ("ROOMCAST_SERVICE_HOST", "x"),
+];
+
+#[test]
+fn unknown_environment_variables_are_a_warning_for_config() {
+    let out = roomcast(&["config"], SERVICE_LINKS);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let warnings: Vec<&str> = err.lines().filter(|l| l.contains("warning")).collect();
+    assert_eq!(warnings.len(), 1, "{err}");
+    assert!(
+        warnings[0].contains("ROOMCAST_PORT") && warnings[0].contains("ROOMCAST_SERVICE_HOST"),
+        "{err}"
+    );
+    let t: toml::Table = String::from_utf8(out.stdout).unwrap().parse().unwrap();
+    assert_eq!(t["listen"].as_str(), Some("127.0.0.1:8080"));
+    // A known variable with a bad value is still an error.
+    let out = roomcast(&["config"], &[SERVICE_LINKS[0], ("ROOMCAST_LISTEN", "tcp://x")]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--listen"));
+}
+
+#[test]
+fn serve_starts_with_unknown_environment_variables_and_warns_once() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_roomcast"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("ROOMCAST_") {
+            cmd.env_remove(k);
+        }
+    }
+    let mut child = cmd
+        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        .args(["--log-level", "info"])
+        .envs(SERVICE_LINKS.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut logged = Vec::new();
+    let addr = loop {
+        let Some(Ok(line)) = lines.next() else {
+            let _ = child.kill();
+            panic!("server exited before listening: {logged:?}");
+        };
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+        logged.push(v.clone());
+        if let Some(addr) = v["addr"].as_str() {
+            break addr.to_owned();
+        }
+    };
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let warnings: Vec<&serde_json::Value> = logged.iter().filter(|v| v["level"] == "WARN").collect();
+    let named: Vec<_> = warnings
+        .iter()
+        .filter(|v| {
+            v["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("environment variable")
+        })
+        .collect();
+    assert_eq!(named.len(), 1, "{logged:?}");
+    let message = named[0]["message"].as_str().unwrap();
+    assert!(
+        message.contains("ROOMCAST_PORT") && message.contains("ROOMCAST_SERVICE_HOST"),
+        "{message}"
     );
 }
