@@ -9,10 +9,16 @@
 //! Payload bytes are copied once, from the scratch buffer into the message
 //! buffer, and unmasked there. Text is validated as it arrives, so invalid
 //! UTF-8 fails the connection before the rest of the message is read.
+//!
+//! With permessage-deflate agreed ([`Decoder::with_deflate`]), a message whose
+//! first frame has RSV1 set is compressed: its payload bytes are unmasked in
+//! a small stack buffer and fed to the inflater as they arrive, so only the
+//! inflated message is held, bounded by the same limit.
 
 use bytes::Bytes;
 
 use super::close::{self, CloseCode, CloseFrame, ClosePayloadError};
+use super::deflate::{DeflateParams, InflateError, Inflater};
 use super::frame::{OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT};
 use super::mask::apply_mask;
 use super::utf8::Utf8Tracker;
@@ -69,6 +75,9 @@ pub enum ProtocolError {
     /// A Close payload is malformed.
     #[error("invalid close frame: {0:?}")]
     BadClose(ClosePayloadError),
+    /// A compressed (permessage-deflate) message is not valid deflate data.
+    #[error("invalid compressed data in a permessage-deflate message")]
+    BadCompressed,
 }
 
 impl ProtocolError {
@@ -76,7 +85,7 @@ impl ProtocolError {
     pub fn close_code(self) -> CloseCode {
         match self {
             Self::TooBig => close::MESSAGE_TOO_BIG,
-            Self::InvalidUtf8 => close::INVALID_PAYLOAD,
+            Self::InvalidUtf8 | Self::BadCompressed => close::INVALID_PAYLOAD,
             Self::BadClose(e) => e.close_code(),
             _ => close::PROTOCOL_ERROR,
         }
@@ -99,8 +108,13 @@ struct FrameHead {
 #[derive(Debug)]
 struct Assembly {
     text: bool,
+    /// The message's payload (inflated, if compressed).
     buf: Vec<u8>,
     utf8: Utf8Tracker,
+    /// RSV1 was set on the first frame: every frame of it is compressed.
+    compressed: bool,
+    /// Compressed payload bytes announced so far, bounded like `buf`.
+    compressed_len: u64,
 }
 
 /// Streaming frame decoder for one connection.
@@ -119,11 +133,26 @@ pub struct Decoder {
     message: Option<Assembly>,
     /// A Close was received or an error occurred: ignore further input.
     done: bool,
+    /// permessage-deflate parameters, if the handshake agreed to them.
+    deflate: Option<DeflateParams>,
+    /// zlib state, made on the first compressed message; between messages
+    /// kept only if the client keeps its context (no
+    /// `client_no_context_takeover`).
+    inflater: Option<Inflater>,
+    /// Compressed messages completed since the last [`Decoder::take_inflated`].
+    inflated: u64,
 }
 
 impl Decoder {
     /// A decoder accepting messages up to `max_message` bytes.
     pub fn new(max_message: usize) -> Self {
+        Self::with_deflate(max_message, None)
+    }
+
+    /// A decoder accepting messages up to `max_message` bytes (inflated
+    /// size, and compressed size too), with permessage-deflate if `deflate`
+    /// is the outcome of the handshake. Without it RSV1 is a violation.
+    pub fn with_deflate(max_message: usize, deflate: Option<DeflateParams>) -> Self {
         Self {
             max_message,
             hdr: [0; 14],
@@ -132,7 +161,16 @@ impl Decoder {
             control: Vec::new(),
             message: None,
             done: false,
+            deflate,
+            inflater: None,
+            inflated: 0,
         }
+    }
+
+    /// How many compressed messages were inflated since the last call (for
+    /// a metrics counter).
+    pub fn take_inflated(&mut self) -> u64 {
+        std::mem::take(&mut self.inflated)
     }
 
     /// Whether a data message is partially received (a reader that is
@@ -141,9 +179,12 @@ impl Decoder {
         self.message.is_some() || self.frame.is_some() || self.hdr_len > 0
     }
 
-    /// Bytes held for a message in progress.
+    /// Bytes held for a message in progress, plus the inflater's state if
+    /// one is held (about [`super::deflate::INFLATER_HEAP`]).
     pub fn buffered(&self) -> usize {
-        self.message.as_ref().map_or(0, |m| m.buf.capacity()) + self.control.capacity()
+        self.message.as_ref().map_or(0, |m| m.buf.capacity())
+            + self.control.capacity()
+            + self.inflater.as_ref().map_or(0, Inflater::memory)
     }
 
     /// Consume `input`, pushing every completed event to `out`.
@@ -162,6 +203,7 @@ impl Decoder {
     fn fail(&mut self, e: ProtocolError) -> Result<(), ProtocolError> {
         self.done = true;
         self.message = None;
+        self.inflater = None;
         Err(e)
     }
 
@@ -206,10 +248,13 @@ impl Decoder {
     /// Checks that need only the first two header bytes.
     fn check_first_bytes(&self) -> Result<(), ProtocolError> {
         let (b0, b1) = (self.hdr[0], self.hdr[1]);
-        if b0 & 0x70 != 0 {
+        let opcode = b0 & 0x0F;
+        // RSV1 marks a compressed message on its first frame only (RFC 7692
+        // section 6.1); RSV2/RSV3 stay reserved.
+        let rsv1_ok = self.deflate.is_some() && matches!(opcode, OP_TEXT | OP_BINARY);
+        if b0 & 0x30 != 0 || (b0 & 0x40 != 0 && !rsv1_ok) {
             return Err(ProtocolError::ReservedBits);
         }
-        let opcode = b0 & 0x0F;
         let fin = b0 & 0x80 != 0;
         match opcode {
             OP_CONTINUATION | OP_TEXT | OP_BINARY => {}
@@ -256,18 +301,38 @@ impl Decoder {
         };
         let mask: [u8; 4] = self.hdr[at..at + 4].try_into().expect("4 bytes");
         if opcode < OP_CLOSE {
-            let so_far = self.message.as_ref().map_or(0, |m| m.buf.len()) as u64;
+            let so_far = self.message.as_ref().map_or(0, |m| {
+                if m.compressed {
+                    m.compressed_len
+                } else {
+                    m.buf.len() as u64
+                }
+            });
             if so_far.saturating_add(len) > self.max_message as u64 {
                 return Err(ProtocolError::TooBig);
             }
             if opcode != OP_CONTINUATION {
+                let compressed = b0 & 0x40 != 0;
                 self.message = Some(Assembly {
                     text: opcode == OP_TEXT,
-                    // Grow with what arrives, not with what the header claims.
-                    buf: Vec::with_capacity((len as usize).min(16 * 1024)),
+                    // Grow with what arrives, not with what the header claims;
+                    // the inflater sizes its output itself.
+                    buf: if compressed {
+                        Vec::new()
+                    } else {
+                        Vec::with_capacity((len as usize).min(16 * 1024))
+                    },
                     utf8: Utf8Tracker::default(),
+                    compressed,
+                    compressed_len: 0,
                 });
+                if compressed && self.inflater.is_none() {
+                    let params = self.deflate.as_ref().expect("RSV1 accepted only with deflate");
+                    self.inflater = Some(Inflater::for_params(params));
+                }
             }
+            let m = self.message.as_mut().expect("data frame has a message");
+            m.compressed_len += len;
         } else {
             self.control.clear();
         }
@@ -290,6 +355,10 @@ impl Decoder {
             let start = self.control.len();
             self.control.extend_from_slice(chunk);
             apply_mask(&mut self.control[start..], f.mask, f.received);
+        } else if self.message.as_ref().is_some_and(|m| m.compressed) {
+            if let Err(e) = self.inflate_chunk(chunk, f) {
+                return self.fail(e);
+            }
         } else {
             let m = self.message.as_mut().expect("data frame has a message");
             let start = m.buf.len();
@@ -327,7 +396,23 @@ impl Decoder {
                 Err(e) => return self.fail(ProtocolError::BadClose(e)),
             },
             _ if f.fin => {
-                let m = self.message.take().expect("data frame has a message");
+                let mut m = self.message.take().expect("data frame has a message");
+                if m.compressed {
+                    let inflater = self
+                        .inflater
+                        .as_mut()
+                        .expect("compressed message has an inflater");
+                    if let Err(e) = inflater.finish(&mut m.buf, self.max_message) {
+                        return self.fail(inflate_error(e));
+                    }
+                    if m.text && m.utf8.extend(&m.buf).is_err() {
+                        return self.fail(ProtocolError::InvalidUtf8);
+                    }
+                    if self.deflate.is_some_and(|p| p.client_no_context_takeover) {
+                        self.inflater = None;
+                    }
+                    self.inflated += 1;
+                }
                 if m.text {
                     if !m.utf8.is_complete(m.buf.len()) {
                         return self.fail(ProtocolError::InvalidUtf8);
@@ -343,6 +428,38 @@ impl Decoder {
             self.control = Vec::new();
         }
         Ok(())
+    }
+
+    /// Unmask `chunk` (payload bytes of frame `f` from position
+    /// `f.received`) on the stack and inflate it into the message.
+    fn inflate_chunk(&mut self, chunk: &[u8], f: FrameHead) -> Result<(), ProtocolError> {
+        let m = self.message.as_mut().expect("data frame has a message");
+        let inflater = self
+            .inflater
+            .as_mut()
+            .expect("compressed message has an inflater");
+        let mut scratch = [0u8; 1024];
+        let mut offset = f.received;
+        for piece in chunk.chunks(scratch.len()) {
+            let s = &mut scratch[..piece.len()];
+            s.copy_from_slice(piece);
+            apply_mask(s, f.mask, offset);
+            offset += piece.len();
+            inflater
+                .inflate(s, &mut m.buf, self.max_message)
+                .map_err(inflate_error)?;
+            if m.text && m.utf8.extend(&m.buf).is_err() {
+                return Err(ProtocolError::InvalidUtf8);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn inflate_error(e: InflateError) -> ProtocolError {
+    match e {
+        InflateError::TooBig => ProtocolError::TooBig,
+        InflateError::Corrupt => ProtocolError::BadCompressed,
     }
 }
 
@@ -508,5 +625,227 @@ mod tests {
                 reason: "bye".into()
             })]
         );
+    }
+
+    mod deflate {
+        use super::*;
+        use crate::ws::deflate::{DeflateParams, INFLATER_HEAP, compress};
+        use flate2::{Compress, Compression, FlushCompress};
+
+        const KEEP: DeflateParams = DeflateParams {
+            server_max_window_bits: 15,
+            client_max_window_bits: 15,
+            client_no_context_takeover: false,
+        };
+        const RESET: DeflateParams = DeflateParams {
+            client_no_context_takeover: true,
+            ..KEEP
+        };
+
+        /// A client frame with RSV1 set.
+        fn rsv1_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+            let mut f = client_frame(fin, opcode, M, payload);
+            f[0] |= 0x40;
+            f
+        }
+
+        fn decode(
+            params: DeflateParams,
+            max: usize,
+            wire: &[u8],
+            step: usize,
+        ) -> (Vec<Event>, Result<(), ProtocolError>, Decoder) {
+            let mut d = Decoder::with_deflate(max, Some(params));
+            let mut out = Vec::new();
+            for chunk in wire.chunks(step.max(1)) {
+                if let Err(e) = d.feed(chunk, &mut out) {
+                    return (out, Err(e), d);
+                }
+            }
+            (out, Ok(()), d)
+        }
+
+        fn text() -> String {
+            r#"{"type":"publish","group":"room","data":{"text":"héllo"}}"#.repeat(30)
+        }
+
+        #[test]
+        fn compressed_single_frame() {
+            let t = text();
+            let z = compress(t.as_bytes(), 15, 6).unwrap();
+            let mut wire = rsv1_frame(true, OP_TEXT, &z);
+            wire.extend(client_frame(true, OP_BINARY, M, b"plain"));
+            for step in [1, 5, 1000, 1 << 20] {
+                let (ev, r, mut d) = decode(RESET, 1 << 16, &wire, step);
+                r.unwrap();
+                assert_eq!(
+                    ev,
+                    vec![
+                        Event::Text(Bytes::from(t.clone())),
+                        Event::Binary(Bytes::from("plain"))
+                    ]
+                );
+                assert_eq!(d.take_inflated(), 1);
+                assert_eq!(d.take_inflated(), 0);
+                // No context takeover: nothing is held between messages.
+                assert_eq!(d.buffered(), 0);
+            }
+        }
+
+        #[test]
+        fn compressed_fragments_with_interleaved_ping() {
+            let t = text();
+            let z = compress(t.as_bytes(), 15, 6).unwrap();
+            let (a, rest) = z.split_at(z.len() / 3);
+            let (b, c) = rest.split_at(rest.len() / 2);
+            let mut wire = rsv1_frame(false, OP_TEXT, a);
+            wire.extend(client_frame(true, OP_PING, M, b"p"));
+            wire.extend(client_frame(false, OP_CONTINUATION, M, b));
+            wire.extend(client_frame(true, OP_CONTINUATION, M, c));
+            for step in [1, 3, 64, 1 << 20] {
+                let (ev, r, _) = decode(KEEP, 1 << 16, &wire, step);
+                r.unwrap();
+                assert_eq!(
+                    ev,
+                    vec![
+                        Event::Ping(Bytes::from_static(b"p")),
+                        Event::Text(Bytes::from(t.clone()))
+                    ]
+                );
+            }
+            // An empty compressed message, and one that is the single 00 byte.
+            let mut wire = rsv1_frame(true, OP_BINARY, b"");
+            wire.extend(rsv1_frame(true, OP_TEXT, &[0]));
+            let (ev, r, _) = decode(KEEP, 10, &wire, 1);
+            r.unwrap();
+            assert_eq!(ev, vec![Event::Binary(Bytes::new()), Event::Text(Bytes::new())]);
+        }
+
+        #[test]
+        fn rsv1_where_it_is_not_allowed() {
+            let z = compress(text().as_bytes(), 15, 6).unwrap();
+            // On a continuation frame.
+            let mut wire = rsv1_frame(false, OP_TEXT, &z[..4]);
+            wire.extend(rsv1_frame(true, OP_CONTINUATION, &z[4..]));
+            assert_eq!(
+                decode(KEEP, 1 << 16, &wire, 7).1,
+                Err(ProtocolError::ReservedBits)
+            );
+            // On control frames.
+            for op in [OP_PING, OP_PONG, OP_CLOSE] {
+                let wire = rsv1_frame(true, op, b"");
+                assert_eq!(decode(KEEP, 100, &wire, 7).1, Err(ProtocolError::ReservedBits));
+            }
+            // RSV2 and RSV3 even with deflate.
+            for bit in [0x20, 0x10] {
+                let mut wire = client_frame(true, OP_TEXT, M, b"a");
+                wire[0] |= bit;
+                assert_eq!(decode(KEEP, 100, &wire, 7).1, Err(ProtocolError::ReservedBits));
+            }
+            // Without deflate, RSV1 stays a violation.
+            let wire = rsv1_frame(true, OP_TEXT, &z);
+            assert_eq!(
+                decode_all(1 << 16, &wire, 100).1,
+                Err(ProtocolError::ReservedBits)
+            );
+            assert_eq!(ProtocolError::ReservedBits.close_code(), 1002);
+        }
+
+        #[test]
+        fn zip_bomb_is_too_big_at_the_limit() {
+            // 64 KiB of compressed zeros inflate to about 64 MiB.
+            let mut c = Compress::new_with_window_bits(Compression::new(9), false, 15);
+            let zeros = vec![0u8; 1 << 20];
+            // A full flush byte-aligns and forgets the history, so copies of
+            // one compressed MiB concatenate into a valid stream (cheaply).
+            let mut one = Vec::with_capacity(1 << 12);
+            c.compress_vec(&zeros, &mut one, FlushCompress::Full).unwrap();
+            let z = one.repeat((64 << 10) / one.len() + 1);
+            let limit = 1 << 16;
+            let wire = rsv1_frame(true, OP_BINARY, &z[..limit.min(z.len())]);
+            let mut d = Decoder::with_deflate(limit, Some(KEEP));
+            let mut out = Vec::new();
+            let mut err = None;
+            for chunk in wire.chunks(512) {
+                if let Err(e) = d.feed(chunk, &mut out) {
+                    err = Some(e);
+                    break;
+                }
+                assert!(
+                    d.buffered() <= limit + 1 + INFLATER_HEAP + 256,
+                    "{}",
+                    d.buffered()
+                );
+            }
+            assert_eq!(err, Some(ProtocolError::TooBig));
+            assert_eq!(ProtocolError::TooBig.close_code(), 1009);
+            assert!(out.is_empty());
+            // The compressed size is bounded too, from the header alone.
+            let wire = rsv1_frame(true, OP_BINARY, &[0; 11]);
+            assert_eq!(decode(KEEP, 10, &wire, 100).1, Err(ProtocolError::TooBig));
+        }
+
+        #[test]
+        fn corrupt_data_closes_with_1007() {
+            let wire = rsv1_frame(true, OP_BINARY, &[0xff, 0xff, 0xff, 0xff]);
+            let (_, r, d) = decode(KEEP, 100, &wire, 100);
+            assert_eq!(r, Err(ProtocolError::BadCompressed));
+            assert_eq!(ProtocolError::BadCompressed.close_code(), 1007);
+            assert_eq!(d.buffered(), 0);
+            // Compressed text that inflates to invalid UTF-8, found in the
+            // inflated bytes before the frame ends.
+            let mut bad = b"ok \xff".to_vec();
+            bad.extend(std::iter::repeat_n(b'a', 5000));
+            let z = compress(&bad, 15, 6).unwrap();
+            let wire = rsv1_frame(true, OP_TEXT, &z);
+            let mut d = Decoder::with_deflate(100_000, Some(KEEP));
+            assert_eq!(
+                d.feed(&wire[..wire.len() - 1], &mut Vec::new()),
+                Err(ProtocolError::InvalidUtf8)
+            );
+        }
+
+        #[test]
+        fn context_takeover_across_messages() {
+            // A client that keeps its compression context: the second
+            // message is mostly a back-reference into the first.
+            let t = text();
+            let mut c = Compress::new_with_window_bits(Compression::new(6), false, 15);
+            let mut wire = Vec::new();
+            let mut second_len = 0;
+            for _ in 0..2 {
+                let mut z = Vec::with_capacity(4096);
+                c.compress_vec(t.as_bytes(), &mut z, FlushCompress::Sync).unwrap();
+                assert!(z.ends_with(&[0, 0, 0xff, 0xff]));
+                z.truncate(z.len() - 4);
+                second_len = z.len();
+                wire.extend(rsv1_frame(true, OP_TEXT, &z));
+            }
+            assert!(
+                second_len < 40,
+                "the second message refers back: {second_len} bytes"
+            );
+            let (ev, r, mut d) = decode(KEEP, 1 << 16, &wire, 13);
+            r.unwrap();
+            assert_eq!(ev, vec![Event::Text(Bytes::from(t.clone())); 2]);
+            assert_eq!(d.take_inflated(), 2);
+            // The context is kept between messages, and counted.
+            assert!(d.buffered() >= INFLATER_HEAP);
+            // Resetting after each message cannot decode the second one.
+            let (ev, r, _) = decode(RESET, 1 << 16, &wire, 13);
+            assert_eq!(ev.len(), 1);
+            assert_eq!(r, Err(ProtocolError::BadCompressed));
+        }
+
+        #[test]
+        fn no_inflater_until_a_compressed_message() {
+            let wire = client_frame(true, OP_TEXT, M, b"plain");
+            let (ev, r, mut d) = decode(KEEP, 100, &wire, 100);
+            r.unwrap();
+            assert_eq!(ev.len(), 1);
+            assert!(d.inflater.is_none());
+            assert_eq!(d.buffered(), 0);
+            assert_eq!(d.take_inflated(), 0);
+        }
     }
 }

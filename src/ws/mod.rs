@@ -11,12 +11,15 @@
 //! - [`frame`]: encoding unmasked server frames, header placed in front of the
 //!   payload without a copy; RSV1 is a parameter for compressed frames.
 //! - [`close`]: close codes and close payloads.
+//! - [`deflate`]: permessage-deflate (RFC 7692): negotiation, compressing a
+//!   publication once for every recipient, bounded inflation of client messages.
 //! - [`mask`], [`utf8`]: helpers of the decoder.
 //!
 //! The socket I/O that drives the codec lives in [`crate::conn`].
 
 pub mod close;
 pub mod decoder;
+pub mod deflate;
 pub mod frame;
 pub mod handshake;
 pub mod mask;
