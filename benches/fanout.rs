@@ -15,7 +15,7 @@ use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, 
 use roomcast::config::SlowConsumerPolicy;
 use roomcast::hub::{Hub, HubConfig};
 use roomcast::outbox::Outbox;
-use roomcast::prepared::Prepared;
+use roomcast::prepared::{Encoding, Prepared};
 use roomcast::protocol;
 
 fn fanout(c: &mut Criterion) {
@@ -29,14 +29,19 @@ fn fanout(c: &mut Criterion) {
                 no_echo: false,
                 // Queueing only: no shard tasks run here.
                 flushers: 0,
+                compression_threshold: 256,
+                compression_level: 1,
             },
             Arc::default(),
         );
-        let outboxes: Vec<Arc<Outbox>> = (0..members).map(|_| hub.register(true)).collect();
+        let outboxes: Vec<Arc<Outbox>> = (0..members).map(|_| hub.register(true, Encoding::PLAIN)).collect();
         for o in &outboxes {
             hub.join("room", o);
         }
-        let frame = Prepared::text(protocol::message_json(Some("room"), Some(1), None, &[b'1'; 64]));
+        let frame = Prepared::text(
+            protocol::message_json(Some("room"), Some(1), None, &[b'1'; 64]),
+            hub.compression(),
+        );
         g.throughput(Throughput::Elements(members as u64));
         g.bench_with_input(
             BenchmarkId::from_parameter(members),

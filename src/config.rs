@@ -30,6 +30,16 @@ pub enum SlowConsumerPolicy {
     Drop,
 }
 
+/// A feature switch: `on` or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Switch {
+    /// Enabled.
+    On,
+    /// Disabled.
+    Off,
+}
+
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -137,6 +147,32 @@ pub struct Config {
     /// Do not deliver a publication back to the connection that published it.
     #[arg(long, env = "ROOMCAST_NO_ECHO")]
     pub no_echo: bool,
+
+    /// permessage-deflate (RFC 7692) for clients that offer it (every
+    /// browser does): `on` or `off`. Each message is compressed once for
+    /// all the recipients that negotiated it.
+    #[arg(long, env = "ROOMCAST_COMPRESSION", value_enum, default_value_t = Switch::On)]
+    pub compression: Switch,
+
+    /// Messages at least this long (payload bytes) go compressed to clients
+    /// that negotiated permessage-deflate; shorter ones go plain, as do
+    /// messages that compression would not make smaller.
+    #[arg(
+        long,
+        env = "ROOMCAST_COMPRESSION_THRESHOLD",
+        value_name = "BYTES",
+        default_value_t = 256
+    )]
+    pub compression_threshold: usize,
+
+    /// zlib compression level, 1 (fastest) to 9 (smallest).
+    #[arg(
+        long,
+        env = "ROOMCAST_COMPRESSION_LEVEL",
+        value_name = "1-9",
+        default_value_t = DEFAULT_COMPRESSION_LEVEL
+    )]
+    pub compression_level: u32,
 
     /// Do not serve the plain echo endpoint at /echo (used for conformance).
     #[arg(long, env = "ROOMCAST_DISABLE_ECHO_ENDPOINT")]
@@ -266,6 +302,9 @@ impl Default for Config {
             tls_key: None,
             no_echo: false,
             disable_echo_endpoint: false,
+            compression: Switch::On,
+            compression_threshold: 256,
+            compression_level: DEFAULT_COMPRESSION_LEVEL,
             api_key: None,
             jwt_secret: None,
             jwt_public_key: None,
@@ -419,6 +458,10 @@ pub fn unknown_env_warning(names: &[String]) -> Option<String> {
 /// small enough that deadlines computed from it never overflow.
 const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 
+/// The default zlib level (see docs/configuration.md for the measurement
+/// behind it).
+pub const DEFAULT_COMPRESSION_LEVEL: u32 = 1;
+
 /// Largest message size accepted as a setting (1 GiB).
 const MAX_MESSAGE_LIMIT: usize = 1 << 30;
 
@@ -439,6 +482,9 @@ impl Config {
         }
         if self.queue_bytes == 0 {
             return err("queue_bytes", "must be at least 1");
+        }
+        if !(1..=9).contains(&self.compression_level) {
+            return err("compression_level", "must be between 1 and 9");
         }
         if self.max_groups_per_connection == 0 {
             return err("max_groups_per_connection", "must be at least 1");

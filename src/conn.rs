@@ -27,6 +27,7 @@ use tokio::time::{Instant, Sleep};
 use crate::disconnect::Disconnect;
 use crate::metrics::Metrics;
 use crate::outbox::{BATCH_BYTES, CLOSE_HEADER, HeadKind, MAX_IOV, Outbox, advance};
+use crate::ws::deflate::DeflateParams;
 use crate::ws::{Decoder, Event, ProtocolError};
 
 /// Size of the on-stack read buffer.
@@ -107,11 +108,18 @@ impl<S> Drop for Conn<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
-    /// Wrap an upgraded stream.
-    pub fn new(io: S, outbox: Arc<Outbox>, max_message: usize, metrics: Arc<Metrics>) -> Self {
+    /// Wrap an upgraded stream; `deflate` is what the handshake agreed
+    /// for the client's compressed messages, if anything.
+    pub fn new(
+        io: S,
+        outbox: Arc<Outbox>,
+        max_message: usize,
+        deflate: Option<DeflateParams>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             io,
-            decoder: Decoder::new(max_message),
+            decoder: Decoder::with_deflate(max_message, deflate),
             decoder_failed: false,
             pending_error: None,
             events: VecDeque::new(),
@@ -172,6 +180,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         if let Err(e) = self.decoder.feed(bytes, &mut self.events) {
             self.decoder_failed = true;
             self.pending_error = Some(e);
+        }
+        let inflated = self.decoder.take_inflated();
+        if inflated > 0 {
+            self.metrics.record_inflated(inflated);
         }
     }
 

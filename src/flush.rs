@@ -142,6 +142,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
+    use crate::prepared::Encoding;
     use crate::ws::frame::{OP_CLOSE, OP_TEXT, encode};
 
     /// A connected pair: (server side, client side), both blocking.
@@ -161,7 +162,7 @@ mod tests {
 
     /// An outbox whose writing is handed to `flusher`'s shard, on `server`.
     fn handed_off(flusher: &Flusher, server: &TcpStream, max_len: usize, max_bytes: usize) -> Arc<Outbox> {
-        let outbox = Outbox::with_shard(1, max_len, max_bytes, flusher.shard_for(1));
+        let outbox = Outbox::with_shard(1, max_len, max_bytes, flusher.shard_for(1), Encoding::PLAIN);
         assert!(outbox.attach_fd(server.as_raw_fd()));
         outbox.hand_off();
         outbox
@@ -290,7 +291,7 @@ mod tests {
         let stats = Arc::new(Metrics::default());
         let flusher = Flusher::new(1, stats);
         let (server, _client) = pair();
-        let outbox = Outbox::with_shard(1, 1000, 1 << 20, flusher.shard_for(1));
+        let outbox = Outbox::with_shard(1, 1000, 1 << 20, flusher.shard_for(1), Encoding::PLAIN);
         assert!(!outbox.attach_fd(server.as_raw_fd()));
         assert!(Flusher::new(0, Arc::default()).shard_for(1).is_none());
     }

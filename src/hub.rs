@@ -22,7 +22,7 @@ use crate::flush::Flusher;
 use crate::id::ConnId;
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, PushError};
-use crate::prepared::Prepared;
+use crate::prepared::{Compression, Encoding, Prepared};
 
 const GROUP_SHARDS: usize = 64;
 const CONN_SHARDS: usize = 16;
@@ -51,6 +51,10 @@ pub struct HubConfig {
     pub no_echo: bool,
     /// Flush shards for direct writes (0: none).
     pub flushers: usize,
+    /// Payloads at least this long go compressed to deflate connections.
+    pub compression_threshold: usize,
+    /// zlib level for them.
+    pub compression_level: u32,
 }
 
 /// Result of a join.
@@ -85,6 +89,7 @@ pub struct Hub {
     config: HubConfig,
     metrics: Arc<Metrics>,
     flusher: Flusher,
+    compression: Arc<Compression>,
 }
 
 impl Hub {
@@ -96,9 +101,16 @@ impl Hub {
             hasher: RandomState::new(),
             next_id: AtomicU64::new(1),
             flusher: Flusher::new(config.flushers, metrics.clone()),
+            compression: Compression::new(config.compression_threshold, config.compression_level, metrics.clone()),
             config,
             metrics,
         }
+    }
+
+    /// How messages are compressed for deflate connections, for
+    /// [`Prepared`] messages made for this hub's connections.
+    pub fn compression(&self) -> &Arc<Compression> {
+        &self.compression
     }
 
     /// Start the flush shards' tasks on the current runtime; until then
@@ -115,17 +127,18 @@ impl Hub {
         &self.conns[id as usize % CONN_SHARDS]
     }
 
-    /// Register a new connection and return its outbox (with a fresh id).
-    /// An unlisted connection (the `/echo` endpoint) is counted and closed
-    /// at shutdown, but cannot be found by id or reached by a broadcast, so
-    /// nobody can send to it.
-    pub fn register(&self, listed: bool) -> Arc<Outbox> {
+    /// Register a new connection taking `encoding` and return its outbox
+    /// (with a fresh id). An unlisted connection (the `/echo` endpoint) is
+    /// counted and closed at shutdown, but cannot be found by id or reached
+    /// by a broadcast, so nobody can send to it.
+    pub fn register(&self, listed: bool, encoding: Encoding) -> Arc<Outbox> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let outbox = Outbox::with_shard(
             id,
             self.config.queue_messages,
             self.config.queue_bytes,
             self.flusher.shard_for(id),
+            encoding,
         );
         lock(self.conn_shard(id)).insert(id, (outbox.clone(), listed));
         self.metrics.connection_opened();
@@ -286,7 +299,7 @@ impl Hub {
     }
 
     fn offer(&self, outbox: &Outbox, message: &Prepared, out: &mut Fanout) {
-        match outbox.try_push(message.frame()) {
+        match outbox.try_push(message.frame(outbox.encoding())) {
             Ok(()) => out.delivered += 1,
             Err(PushError::Closing) => {}
             Err(PushError::Full) => match self.config.policy {
@@ -329,7 +342,7 @@ mod tests {
     fn text(payload: &[u8]) -> Prepared {
         let mut p = crate::ws::frame::FramePayload::with_capacity(payload.len());
         p.extend_from_slice(payload);
-        Prepared::text(p)
+        Prepared::text(p, &Compression::new(256, 1, Arc::default()))
     }
 
     fn hub(policy: SlowConsumerPolicy, no_echo: bool) -> Hub {
@@ -339,6 +352,8 @@ mod tests {
             policy,
             no_echo,
             flushers: 0,
+            compression_threshold: 256,
+            compression_level: 1,
         };
         Hub::new(cfg, Arc::default())
     }
@@ -346,8 +361,8 @@ mod tests {
     #[test]
     fn join_leave_are_idempotent_and_groups_vanish() {
         let h = hub(SlowConsumerPolicy::Disconnect, false);
-        let a = h.register(true);
-        let b = h.register(true);
+        let a = h.register(true, Encoding::PLAIN);
+        let b = h.register(true, Encoding::PLAIN);
         assert_ne!(a.id(), b.id());
         let j = h.join("g", &a);
         assert!(j.new_member && j.created);
@@ -366,8 +381,8 @@ mod tests {
     fn fanout_shares_one_frame_and_applies_policies() {
         for policy in [SlowConsumerPolicy::Drop, SlowConsumerPolicy::Disconnect] {
             let h = hub(policy, false);
-            let a = h.register(true);
-            let b = h.register(true);
+            let a = h.register(true, Encoding::PLAIN);
+            let b = h.register(true, Encoding::PLAIN);
             h.join("g", &a);
             h.join("g", &b);
             let frame = text(b"xx");
@@ -376,7 +391,7 @@ mod tests {
             let mut batch = Vec::new();
             a.pop_batch(&mut batch, 10, 100);
             assert!(
-                batch.iter().all(|f| f.as_ptr() == frame.frame().as_ptr()),
+                batch.iter().all(|f| f.as_ptr() == frame.frame(Encoding::PLAIN).as_ptr()),
                 "same bytes, no copy"
             );
             a.written(batch.len(), 4 * batch.len());
@@ -414,8 +429,8 @@ mod tests {
     #[test]
     fn no_echo_skips_the_publisher() {
         let h = hub(SlowConsumerPolicy::Drop, true);
-        let a = h.register(true);
-        let b = h.register(true);
+        let a = h.register(true, Encoding::PLAIN);
+        let b = h.register(true, Encoding::PLAIN);
         h.join("g", &a);
         h.join("g", &b);
         assert_eq!(h.fanout("g", &text(b"x"), Some(a.id())).delivered, 1);

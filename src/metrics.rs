@@ -289,6 +289,10 @@ pub struct Metrics {
     errors: [Counter; ERROR_CODES.len()],
     fanout_seconds: AtomicHistogram,
     outbox_depth: AtomicHistogram,
+    compressions: Counter,
+    compression_input: Counter,
+    compression_output: Counter,
+    inflated_messages: Counter,
 }
 
 impl Default for Metrics {
@@ -420,6 +424,28 @@ impl Metrics {
             "Time one publication spent queueing into all its local recipients",
             fanout_seconds.clone(),
         );
+        let compressions = counter(
+            r,
+            "compressions",
+            "permessage-deflate compression runs: one per message and window size, \
+             however many recipients share the compressed frame",
+        );
+        let compression_input = counter(
+            r,
+            "compression_input_bytes",
+            "Payload bytes given to the permessage-deflate compressor",
+        );
+        let compression_output = counter(
+            r,
+            "compression_output_bytes",
+            "Payload bytes that came out of those runs (the input again when \
+             compressing did not make it smaller and the message went plain)",
+        );
+        let inflated_messages = counter(
+            r,
+            "inflated_messages",
+            "Compressed (permessage-deflate) messages received from clients and inflated",
+        );
         let outbox_depth = AtomicHistogram::new(&OUTBOX_FRAMES, 1.0);
         r.register(
             "outbox_depth_frames",
@@ -449,6 +475,10 @@ impl Metrics {
             errors,
             fanout_seconds,
             outbox_depth,
+            compressions,
+            compression_input,
+            compression_output,
+            inflated_messages,
         }
     }
 
@@ -563,6 +593,29 @@ impl Metrics {
         }
         self.fanout_seconds
             .observe(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX));
+    }
+
+    /// One compression run took `input` payload bytes and gave `output`
+    /// (the frame sent; `input` when compressing did not help).
+    pub fn record_compression(&self, input: usize, output: usize) {
+        self.compressions.inc();
+        self.compression_input.inc_by(input as u64);
+        self.compression_output.inc_by(output as u64);
+    }
+
+    /// `n` compressed client messages were inflated.
+    pub fn record_inflated(&self, n: u64) {
+        self.inflated_messages.inc_by(n);
+    }
+
+    /// Compression runs so far.
+    pub fn compressions(&self) -> u64 {
+        self.compressions.get()
+    }
+
+    /// Compressed client messages inflated so far.
+    pub fn inflated_messages(&self) -> u64 {
+        self.inflated_messages.get()
     }
 
     /// An upgrade was refused by the admission limits.

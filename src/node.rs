@@ -63,6 +63,8 @@ impl Node {
                 flushers: config
                     .flushers
                     .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+                compression_threshold: config.compression_threshold,
+                compression_level: config.compression_level,
             },
             metrics.clone(),
         ));

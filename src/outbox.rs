@@ -77,6 +77,7 @@ use crossbeam_queue::SegQueue;
 use crate::disconnect::Disconnect;
 use crate::id::ConnId;
 use crate::metrics::{Protocol, Written};
+use crate::prepared::Encoding;
 
 /// Set in `len` while the consumer swaps the queues (see the module docs).
 const RECLAIMING: usize = 1 << (usize::BITS - 1);
@@ -180,6 +181,9 @@ pub struct Outbox {
     fd: AtomicI32,
     /// The list of the flush shard that writes for it; `None`: never.
     shard: Option<Arc<ShardQueue>>,
+    /// What the connection negotiated: which frame of a prepared message
+    /// it gets (plain or deflated).
+    encoding: Encoding,
     /// This outbox, for the shard's list.
     this: Weak<Outbox>,
     /// What the flusher could not write, for the task (module docs).
@@ -202,17 +206,19 @@ impl std::fmt::Debug for Outbox {
 impl Outbox {
     /// An empty outbox; allocates nothing until the first push.
     pub fn new(id: ConnId, max_len: usize, max_bytes: usize) -> Self {
-        Self::build(id, max_len, max_bytes, None, Weak::new())
+        Self::build(id, max_len, max_bytes, None, Encoding::PLAIN, Weak::new())
     }
 
-    /// An empty outbox whose connection may hand its writing to `shard`.
+    /// An empty outbox for a connection that takes `encoding` and may hand
+    /// its writing to `shard`.
     pub fn with_shard(
         id: ConnId,
         max_len: usize,
         max_bytes: usize,
         shard: Option<Arc<ShardQueue>>,
+        encoding: Encoding,
     ) -> Arc<Self> {
-        Arc::new_cyclic(|this| Self::build(id, max_len, max_bytes, shard, this.clone()))
+        Arc::new_cyclic(|this| Self::build(id, max_len, max_bytes, shard, encoding, this.clone()))
     }
 
     fn build(
@@ -220,6 +226,7 @@ impl Outbox {
         max_len: usize,
         max_bytes: usize,
         shard: Option<Arc<ShardQueue>>,
+        encoding: Encoding,
         this: Weak<Outbox>,
     ) -> Self {
         Self {
@@ -239,6 +246,7 @@ impl Outbox {
             scheduled: AtomicBool::new(false),
             fd: AtomicI32::new(-1),
             shard,
+            encoding,
             this,
             spill: Mutex::new(Spill::default()),
         }
@@ -247,6 +255,11 @@ impl Outbox {
     /// The connection's id.
     pub fn id(&self) -> ConnId {
         self.id
+    }
+
+    /// How the connection takes its frames (what it negotiated).
+    pub fn encoding(&self) -> Encoding {
+        self.encoding
     }
 
     /// Queue `frame` if both limits allow it.

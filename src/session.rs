@@ -19,7 +19,7 @@ use crate::limits::{MessageBucket, RateVerdict};
 use crate::metrics::{Protocol, Source};
 use crate::node::Node;
 use crate::outbox::Outbox;
-use crate::prepared::Prepared;
+use crate::prepared::{Encoding, Prepared};
 use crate::protocol::{self, Data, ErrorCode, Request, RequestError};
 use crate::ws::Event;
 use crate::ws::close;
@@ -73,13 +73,17 @@ where
     let Opening {
         mode,
         grant,
-        negotiated: _,
+        negotiated,
     } = opening;
-    let outbox = node.hub.register(mode == Mode::Protocol);
+    let encoding = negotiated
+        .deflate
+        .map_or(Encoding::PLAIN, |d| Encoding::deflate(d.server_max_window_bits));
+    let outbox = node.hub.register(mode == Mode::Protocol, encoding);
     let mut conn = Conn::new(
         io,
         outbox.clone(),
         node.config.max_message_size,
+        negotiated.deflate,
         node.metrics.clone(),
     );
     if let Some(fd) = direct_fd {
@@ -215,7 +219,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 Protocol::Json => OP_TEXT,
                 Protocol::Binary => OP_BINARY,
             };
-            self.outbox.push_reply(frame::encode(opcode, &message));
+            let echo = Prepared::copy_of(opcode, &message, self.node.hub.compression());
+            self.outbox.push_reply(echo.frame(self.outbox.encoding()));
             return None;
         }
         match self.rate_check() {
@@ -461,9 +466,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         self.reply(protocol::error(e));
     }
 
-    /// Queue a message the connection owes its own client.
+    /// Queue a message the connection owes its own client (compressed
+    /// for it when it negotiated deflate and the message is long enough).
     fn reply(&self, payload: FramePayload) {
-        self.outbox.push_reply(Prepared::text(payload).frame());
+        let message = Prepared::text(payload, self.node.hub.compression());
+        self.outbox.push_reply(message.frame(self.outbox.encoding()));
     }
 
     async fn publish_to(&self, target: Target, payload: Payload) -> Result<(), BrokerError> {

@@ -19,6 +19,7 @@ use tracing::debug;
 
 use super::error;
 use crate::auth::{self, AuthError, Grant};
+use crate::config::Switch;
 use crate::limits::{Permit, Refusal};
 use crate::node::Node;
 use crate::session::{self, Mode, Opening};
@@ -36,7 +37,8 @@ pub async fn ws_echo(State(node): State<Arc<Node>>, req: Request) -> Response {
 
 /// Answer the handshake with 101 and hand the socket to a session task.
 fn upgrade(node: Arc<Node>, mut req: Request, mode: Mode) -> Response {
-    let mut negotiated = match handshake::accept(req.method(), req.version(), req.headers()) {
+    let compression = node.config.compression == Switch::On;
+    let mut negotiated = match handshake::accept(req.method(), req.version(), req.headers(), compression) {
         Ok(n) => n,
         Err(e) => return handshake_error(e),
     };

@@ -4,6 +4,8 @@ use base64::Engine as _;
 use http::{HeaderMap, HeaderValue, Method, Version, header};
 use sha1::{Digest, Sha1};
 
+use super::deflate::{self, DeflateParams};
+
 /// GUID appended to the client's key before hashing.
 const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
@@ -36,6 +38,9 @@ pub struct Negotiated {
     /// The subprotocol selected (`Sec-WebSocket-Protocol`), if any; chosen
     /// by the caller, which knows which protocols it speaks.
     pub subprotocol: Option<String>,
+    /// permessage-deflate and its parameters, when the client offered it,
+    /// the server allows it and an offer could be honoured.
+    pub deflate: Option<DeflateParams>,
 }
 
 impl Negotiated {
@@ -55,12 +60,25 @@ impl Negotiated {
         {
             h.insert(header::SEC_WEBSOCKET_PROTOCOL, p);
         }
+        if let Some(d) = &self.deflate {
+            h.insert(
+                header::SEC_WEBSOCKET_EXTENSIONS,
+                HeaderValue::from_str(&d.response_header()).expect("extension parameters are tokens"),
+            );
+        }
     }
 }
 
 /// Check an upgrade request; on success return what can be negotiated
-/// from the request alone (no subprotocol yet).
-pub fn accept(method: &Method, version: Version, headers: &HeaderMap) -> Result<Negotiated, HandshakeError> {
+/// from the request alone (no subprotocol yet): the accept key and, with
+/// `compression`, permessage-deflate (a malformed or unacceptable offer is
+/// declined, never an error).
+pub fn accept(
+    method: &Method,
+    version: Version,
+    headers: &HeaderMap,
+    compression: bool,
+) -> Result<Negotiated, HandshakeError> {
     if method != Method::GET {
         return Err(HandshakeError::Method);
     }
@@ -88,9 +106,20 @@ pub fn accept(method: &Method, version: Version, headers: &HeaderMap) -> Result<
     if decoded.len() != 16 {
         return Err(HandshakeError::Key);
     }
+    let deflate = if compression {
+        deflate::negotiate(
+            headers
+                .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+                .iter()
+                .map(HeaderValue::as_bytes),
+        )
+    } else {
+        None
+    };
     Ok(Negotiated {
         accept: accept_key(key.as_bytes()),
         subprotocol: None,
+        deflate,
     })
 }
 
@@ -124,31 +153,31 @@ mod tests {
             header::SEC_WEBSOCKET_KEY,
             "dGhlIHNhbXBsZSBub25jZQ==".parse().unwrap(),
         );
-        assert!(accept(&Method::GET, Version::HTTP_11, &h).is_ok());
+        assert!(accept(&Method::GET, Version::HTTP_11, &h, true).is_ok());
         assert_eq!(
-            accept(&Method::POST, Version::HTTP_11, &h),
+            accept(&Method::POST, Version::HTTP_11, &h, true),
             Err(HandshakeError::Method)
         );
         assert_eq!(
-            accept(&Method::GET, Version::HTTP_10, &h),
+            accept(&Method::GET, Version::HTTP_10, &h, true),
             Err(HandshakeError::Version)
         );
         let mut bad = h.clone();
         bad.insert(header::SEC_WEBSOCKET_KEY, "c2hvcnQ=".parse().unwrap());
         assert_eq!(
-            accept(&Method::GET, Version::HTTP_11, &bad),
+            accept(&Method::GET, Version::HTTP_11, &bad, true),
             Err(HandshakeError::Key)
         );
         let mut bad = h.clone();
         bad.insert(header::SEC_WEBSOCKET_VERSION, "8".parse().unwrap());
         assert_eq!(
-            accept(&Method::GET, Version::HTTP_11, &bad),
+            accept(&Method::GET, Version::HTTP_11, &bad, true),
             Err(HandshakeError::WsVersion)
         );
         let mut bad = h;
         bad.remove(header::UPGRADE);
         assert_eq!(
-            accept(&Method::GET, Version::HTTP_11, &bad),
+            accept(&Method::GET, Version::HTTP_11, &bad, true),
             Err(HandshakeError::NotUpgrade)
         );
     }

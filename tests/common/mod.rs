@@ -197,19 +197,31 @@ pub async fn http_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) ->
 pub struct RawClient {
     pub tcp: TcpStream,
     buf: Vec<u8>,
+    /// The server's 101 response head.
+    pub head: String,
+    /// The server agreed to permessage-deflate: RSV1 frames are allowed.
+    pub deflate: bool,
 }
 
 /// A frame as the server sent it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawFrame {
     pub fin: bool,
+    /// Set on compressed (permessage-deflate) messages.
+    pub rsv1: bool,
     pub opcode: u8,
     pub payload: Vec<u8>,
 }
 
 impl RawClient {
     pub async fn connect(addr: SocketAddr, path: &str) -> Self {
-        Self::handshake(TcpStream::connect(addr).await.unwrap(), addr, path).await
+        Self::handshake(TcpStream::connect(addr).await.unwrap(), addr, path, "").await
+    }
+
+    /// Connect offering `extensions` (a `Sec-WebSocket-Extensions` value).
+    pub async fn connect_offering(addr: SocketAddr, path: &str, extensions: &str) -> Self {
+        let extra = format!("Sec-WebSocket-Extensions: {extensions}\r\n");
+        Self::handshake(TcpStream::connect(addr).await.unwrap(), addr, path, &extra).await
     }
 
     /// Connect with a tiny receive buffer, so the server's writes block
@@ -217,13 +229,13 @@ impl RawClient {
     pub async fn connect_small_rcvbuf(addr: SocketAddr, path: &str) -> Self {
         let sock = tokio::net::TcpSocket::new_v4().unwrap();
         sock.set_recv_buffer_size(4096).unwrap();
-        Self::handshake(sock.connect(addr).await.unwrap(), addr, path).await
+        Self::handshake(sock.connect(addr).await.unwrap(), addr, path, "").await
     }
 
-    async fn handshake(mut tcp: TcpStream, addr: SocketAddr, path: &str) -> Self {
+    async fn handshake(mut tcp: TcpStream, addr: SocketAddr, path: &str, extra: &str) -> Self {
         let req = format!(
             "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
         );
         tcp.write_all(req.as_bytes()).await.unwrap();
         let mut buf = Vec::new();
@@ -243,7 +255,15 @@ impl RawClient {
         assert!(head.starts_with("HTTP/1.1 101"), "{head}");
         assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
         buf.drain(..end);
-        Self { tcp, buf }
+        let deflate = head
+            .to_ascii_lowercase()
+            .contains("sec-websocket-extensions: permessage-deflate");
+        Self {
+            tcp,
+            buf,
+            head,
+            deflate,
+        }
     }
 
     pub async fn send_frame(&mut self, fin: bool, opcode: u8, payload: &[u8]) {
@@ -257,7 +277,12 @@ impl RawClient {
 
     /// The next frame, or `None` at EOF.
     pub async fn frame(&mut self) -> Option<RawFrame> {
-        read_frame(&mut self.tcp, &mut self.buf).await
+        let f = read_frame(&mut self.tcp, &mut self.buf).await?;
+        assert!(
+            self.deflate || !f.rsv1,
+            "RSV1 without a negotiated extension: {f:?}"
+        );
+        Some(f)
     }
 }
 
@@ -267,7 +292,7 @@ fn parse_server_frame(b: &[u8]) -> Option<(RawFrame, usize)> {
         return None;
     }
     assert_eq!(b[1] & 0x80, 0, "server frames must not be masked");
-    assert_eq!(b[0] & 0x70, 0, "no reserved bits without extensions");
+    assert_eq!(b[0] & 0x30, 0, "no extension uses RSV2 or RSV3");
     let (len, at) = match b[1] & 0x7F {
         126 if b.len() >= 4 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
         127 if b.len() >= 10 => (u64::from_be_bytes(b[2..10].try_into().unwrap()) as usize, 10),
@@ -279,6 +304,7 @@ fn parse_server_frame(b: &[u8]) -> Option<(RawFrame, usize)> {
     }
     let frame = RawFrame {
         fin: b[0] & 0x80 != 0,
+        rsv1: b[0] & 0x40 != 0,
         opcode: b[0] & 0x0F,
         payload: b[at..at + len].to_vec(),
     };
@@ -520,6 +546,6 @@ impl RawClient {
         let sock = tokio::net::TcpSocket::new_v4().unwrap();
         sock.set_recv_buffer_size(4096).unwrap();
         sock.set_send_buffer_size(4096).unwrap();
-        Self::handshake(sock.connect(addr).await.unwrap(), addr, path).await
+        Self::handshake(sock.connect(addr).await.unwrap(), addr, path, "").await
     }
 }
