@@ -10,6 +10,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use roomcast::protocol;
 use roomcast::ws::Decoder;
 use roomcast::ws::decoder::client_frame;
+use roomcast::ws::deflate;
 use roomcast::ws::frame::{OP_BINARY, OP_TEXT};
 
 fn decode_frames(c: &mut Criterion) {
@@ -76,5 +77,74 @@ fn encode_messages(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, decode_frames, parse_requests, encode_messages);
+/// A dashboard/chat-like JSON publication of about `size` bytes: an array
+/// of objects with the same keys, varied values (what real fan-out carries).
+fn json_payload(size: usize) -> Vec<u8> {
+    let words = [
+        "alpha", "beta", "gamma", "delta", "deploy", "green", "latency", "p99", "ok", "warn",
+    ];
+    let mut x = 0x2545_f491u32;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        x
+    };
+    let mut out = String::from("[");
+    let mut i = 0u64;
+    while out.len() < size {
+        if i > 0 {
+            out.push(',');
+        }
+        let w = |n: u32| words[n as usize % words.len()];
+        out.push_str(&format!(
+            r#"{{"id":{},"user":"user-{}","ts":{},"status":"{}","text":"{} {} {}","value":{}.{:02},"tags":["{}","{}"]}}"#,
+            1000 + i,
+            next() % 200,
+            1_764_633_600_000u64 + i * 1370,
+            w(next()),
+            w(next()),
+            w(next()),
+            w(next()),
+            next() % 1000,
+            next() % 100,
+            w(next()),
+            w(next()),
+        ));
+        i += 1;
+    }
+    out.push(']');
+    out.into_bytes()
+}
+
+fn compress_messages(c: &mut Criterion) {
+    let mut g = c.benchmark_group("compress");
+    for size in [1024usize, 16 * 1024] {
+        let payload = json_payload(size);
+        g.throughput(Throughput::Bytes(payload.len() as u64));
+        for level in [1u32, 3, 6, 9] {
+            let z = deflate::compress(&payload, 15, level).expect("JSON compresses");
+            println!(
+                "compress/{size}/level {level}: {} -> {} bytes ({:.1}% of the input)",
+                payload.len(),
+                z.len(),
+                100.0 * z.len() as f64 / payload.len() as f64
+            );
+            g.bench_with_input(
+                BenchmarkId::new(format!("level{level}"), size),
+                &payload,
+                |b, p| b.iter(|| deflate::compress(black_box(p), 15, level)),
+            );
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    decode_frames,
+    parse_requests,
+    encode_messages,
+    compress_messages
+);
 criterion_main!(benches);

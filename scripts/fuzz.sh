@@ -5,7 +5,7 @@
 #   scripts/fuzz.sh [SECONDS]
 #
 # Environment:
-#   FUZZ_TARGETS     targets to run (default: all three)
+#   FUZZ_TARGETS     targets to run (default: all four)
 #   FUZZ_TOOLCHAIN   rustup toolchain (default: nightly if installed, else
 #                    the default one with RUSTC_BOOTSTRAP=1)
 #   FUZZ_SANITIZER   address (default) or none
@@ -20,7 +20,7 @@ if ! [[ "$SECS" =~ ^[0-9]+$ ]] || [[ "$SECS" -eq 0 ]]; then
 fi
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT/fuzz"
-read -r -a TARGETS <<< "${FUZZ_TARGETS:-frame_decoder protocol_text protocol_binary}"
+read -r -a TARGETS <<< "${FUZZ_TARGETS:-frame_decoder frame_decoder_deflate protocol_text protocol_binary}"
 
 if ! cargo fuzz --version > /dev/null 2>&1; then
     echo "cargo-fuzz is not installed: cargo install cargo-fuzz --locked" >&2
@@ -53,6 +53,9 @@ seed frame_decoder text '\005\007\201\202\000\000\000\000hi'
 seed frame_decoder fragments '\006\003\001\201\000\000\000\000a\211\200\001\002\003\004\200\201\000\000\000\000b\000\201\000\000\000\000c'
 seed frame_decoder close '\005\001\210\205\000\000\000\000\003\350bye'
 seed frame_decoder len16 '\007\011\202\376\000\200\000\000\000\000'
+# frame_decoder_deflate: limit, chunking seed, parameters (16: compress the rest first), client bytes.
+seed frame_decoder_deflate compressed '\007\005\033{"type":"publish","group":"g","data":"aaaaaaaaaaaaaaaaaaaaaaaaaaaa"}'
+seed frame_decoder_deflate empty '\005\002\017\301\200\000\000\000\000\301\201\000\000\000\000\000'
 seed protocol_text join '{"type":"join","group":"lobby","id":1}'
 seed protocol_text publish '{"type":"publish","group":"g\\u00e9","data":{"x":[1,2.5,null,"s"]},"id":"q"}'
 seed protocol_text send '{"type":"send","to":"17","data":"hi"}'
@@ -69,7 +72,7 @@ for t in "${TARGETS[@]}"; do
     echo "== fuzzing $t for ${SECS}s"
     args=(-max_total_time="$SECS" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1)
     [[ -f "dict/$t.dict" ]] && args+=(-dict="dict/$t.dict")
-    [[ "$t" == frame_decoder ]] && args+=(-max_len=8192)
+    [[ "$t" == frame_decoder* ]] && args+=(-max_len=8192)
     set +e
     cargo "${TOOLCHAIN[@]}" fuzz run "${OPTS[@]}" "$t" "corpus/$t" -- "${args[@]}" \
         > "$LOGS/$t.log" 2>&1

@@ -832,3 +832,108 @@ proptest! {
         }
     }
 }
+
+// ---- permessage-deflate (RFC 7692) ----
+
+use flate2::{Decompress, FlushDecompress};
+use roomcast::ws::deflate::{self, DeflateParams};
+
+/// Payloads from noise to very compressible: runs, repeated short units,
+/// repeated text, JSON.
+fn deflate_payload() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        2 => vec(any::<u8>(), 0..2000),
+        1 => (any::<u8>(), 1usize..20_000).prop_map(|(b, n)| vec![b; n]),
+        2 => (vec(any::<u8>(), 1..16), 1usize..500).prop_map(|(u, n)| u.repeat(n)),
+        2 => (".{0,300}", 1usize..6).prop_map(|(s, n)| s.repeat(n).into_bytes()),
+        2 => vec(json_value(), 0..20).prop_map(|v| serde_json::to_vec(&v).expect("JSON")),
+    ]
+}
+
+/// Inflate a permessage-deflate payload with a plain zlib stream, not ours.
+fn inflate_independently(z: &[u8], window_bits: u8) -> Vec<u8> {
+    let mut d = Decompress::new_with_window_bits(false, window_bits);
+    let mut input = z.to_vec();
+    input.extend_from_slice(&[0x00, 0x00, 0xff, 0xff]);
+    let mut out = Vec::with_capacity(4096);
+    loop {
+        let at = d.total_in() as usize;
+        d.decompress_vec(&input[at..], &mut out, FlushDecompress::Sync)
+            .expect("valid deflate");
+        if d.total_in() as usize == input.len() && out.len() < out.capacity() {
+            return out;
+        }
+        out.reserve(out.capacity());
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    #[test]
+    fn compressed_messages_inflate_back(payload in deflate_payload(),
+                                        mask in any::<[u8; 4]>(),
+                                        cuts in (any::<prop::sample::Index>(), any::<prop::sample::Index>()),
+                                        sizes in vec(1usize..3000, 1..4),
+                                        keep_context in any::<bool>(),
+                                        at_limit in any::<bool>()) {
+        prop_assert_eq!(deflate::compress(&payload, 8, 6), None);
+        for w in 9..=15u8 {
+            for level in [1, 6, 9] {
+                let Some(z) = deflate::compress(&payload, w, level) else {
+                    let run = payload.len() >= 64 && payload.iter().all(|&c| c == payload[0]);
+                    prop_assert!(!run, "a run of {} bytes did not compress", payload.len());
+                    continue;
+                };
+                prop_assert!(z.len() < payload.len());
+                prop_assert_eq!(&inflate_independently(&z, w), &payload);
+                if level != 6 {
+                    continue;
+                }
+                // Through the decoder, as up to three masked client frames
+                // with RSV1 on the first, in arbitrary chunks; the limit is
+                // the payload's size, or one byte less.
+                let (a, b) = (cuts.0.index(z.len() + 1), cuts.1.index(z.len() + 1));
+                let (a, b) = (a.min(b), a.max(b));
+                let text = std::str::from_utf8(&payload).is_ok();
+                let op = if text { OP_TEXT } else { OP_BINARY };
+                let mut wire = client_frame(a == z.len(), op, mask, &z[..a]);
+                wire[0] |= 0x40;
+                if a < z.len() {
+                    wire.extend(client_frame(b == z.len(), OP_CONTINUATION, mask, &z[a..b]));
+                    if b < z.len() {
+                        wire.extend(client_frame(true, OP_CONTINUATION, mask, &z[b..]));
+                    }
+                }
+                let max = if at_limit { payload.len() } else { payload.len() - 1 };
+                let params = DeflateParams {
+                    server_max_window_bits: 15,
+                    client_max_window_bits: w,
+                    client_no_context_takeover: !keep_context,
+                };
+                let mut d = Decoder::with_deflate(max, Some(params));
+                let mut out = Vec::new();
+                let mut result = Ok(());
+                let mut at = 0;
+                let mut i = 0;
+                while at < wire.len() && result.is_ok() {
+                    let n = sizes[i % sizes.len()].min(wire.len() - at);
+                    i += 1;
+                    result = d.feed(&wire[at..at + n], &mut out);
+                    at += n;
+                    prop_assert!(d.buffered() <= max + 1 + deflate::INFLATER_HEAP + 1024,
+                        "decoder holds {} bytes with a {max}-byte limit", d.buffered());
+                }
+                if at_limit {
+                    prop_assert_eq!(result, Ok(()));
+                    let want = if text { Event::Text(payload.clone().into()) } else { Event::Binary(payload.clone().into()) };
+                    prop_assert_eq!(out, vec![want]);
+                    prop_assert_eq!(d.take_inflated(), 1);
+                } else {
+                    prop_assert_eq!(result, Err(ProtocolError::TooBig));
+                    prop_assert!(out.is_empty());
+                }
+            }
+        }
+    }
+}

@@ -402,11 +402,12 @@ impl Decoder {
                         .inflater
                         .as_mut()
                         .expect("compressed message has an inflater");
-                    if let Err(e) = inflater.finish(&mut m.buf, self.max_message) {
-                        return self.fail(inflate_error(e));
-                    }
+                    let r = inflater.finish(&mut m.buf, self.max_message);
                     if m.text && m.utf8.extend(&m.buf).is_err() {
                         return self.fail(ProtocolError::InvalidUtf8);
+                    }
+                    if let Err(e) = r {
+                        return self.fail(inflate_error(e));
                     }
                     if self.deflate.is_some_and(|p| p.client_no_context_takeover) {
                         self.inflater = None;
@@ -445,12 +446,13 @@ impl Decoder {
             s.copy_from_slice(piece);
             apply_mask(s, f.mask, offset);
             offset += piece.len();
-            inflater
-                .inflate(s, &mut m.buf, self.max_message)
-                .map_err(inflate_error)?;
+            let r = inflater.inflate(s, &mut m.buf, self.max_message);
+            // Invalid text inflated before an error is reported first, so
+            // the error does not depend on how the input was split.
             if m.text && m.utf8.extend(&m.buf).is_err() {
                 return Err(ProtocolError::InvalidUtf8);
             }
+            r.map_err(inflate_error)?;
         }
         Ok(())
     }

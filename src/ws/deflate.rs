@@ -424,7 +424,8 @@ impl Inflater {
 
     /// Inflate more compressed bytes of the current message, appending to
     /// `out`, which never grows past `max + 1` bytes: TooBig as soon as the
-    /// message would exceed `max`.
+    /// message would exceed `max`. On an error `out` keeps what was inflated
+    /// before it.
     pub fn inflate(&mut self, input: &[u8], out: &mut Vec<u8>, max: usize) -> Result<(), InflateError> {
         if input.is_empty() {
             return Ok(());
@@ -433,14 +434,14 @@ impl Inflater {
             return Err(InflateError::Corrupt);
         }
         self.fed = true;
-        self.run(input, out, max)
+        self.run(input, out, max, false)
     }
 
     /// The message's last frame was inflated: inflate the sync-flush tail
     /// the sender removed, and get ready for the next message.
     pub fn finish(&mut self, out: &mut Vec<u8>, max: usize) -> Result<(), InflateError> {
         if std::mem::take(&mut self.fed) && !self.ended {
-            self.run(&TAIL, out, max)?;
+            self.run(&TAIL, out, max, true)?;
         }
         if self.ended {
             // After a final block zlib takes no more input; the context
@@ -451,7 +452,19 @@ impl Inflater {
         Ok(())
     }
 
-    fn run(&mut self, mut input: &[u8], out: &mut Vec<u8>, max: usize) -> Result<(), InflateError> {
+    /// Inflate `input` into `out` (at most `max + 1` bytes). `tail`: the
+    /// input is our appended `00 00 ff ff`, which may follow a final block.
+    ///
+    /// On an error, `out` holds what was inflated before it, so the caller
+    /// can validate that first (the error found does not depend on how the
+    /// compressed bytes were split).
+    fn run(
+        &mut self,
+        mut input: &[u8],
+        out: &mut Vec<u8>,
+        max: usize,
+        tail: bool,
+    ) -> Result<(), InflateError> {
         let cap = max.saturating_add(1);
         loop {
             if out.len() == out.capacity() {
@@ -474,7 +487,7 @@ impl Inflater {
             if status == Status::StreamEnd {
                 self.ended = true;
                 // Input after the final block belongs to no deflate stream.
-                return if input.is_empty() || input == &TAIL[..] {
+                return if input.is_empty() || tail {
                     Ok(())
                 } else {
                     Err(InflateError::Corrupt)
@@ -558,6 +571,17 @@ mod tests {
         ])
         .unwrap();
         assert_eq!((p.server_max_window_bits, p.client_max_window_bits), (9, 11));
+        // Autobahn 13.7.*, as its client writes it: window 8 first.
+        let p = neg(&[
+            "permessage-deflate; client_max_window_bits; server_no_context_takeover; server_max_window_bits=8, permessage-deflate; client_max_window_bits; server_no_context_takeover, permessage-deflate; client_max_window_bits",
+        ])
+        .unwrap();
+        assert_eq!(
+            p.response_header(),
+            "permessage-deflate; server_no_context_takeover; server_max_window_bits=8; client_max_window_bits=11"
+        );
+        // Window 8 is accepted, and served with plain frames.
+        assert_eq!(compress(&[b'a'; 1000], p.server_max_window_bits, 6), None);
         // ... also over several header lines.
         let p = neg(&[
             "x-webkit-deflate-frame",
