@@ -34,7 +34,9 @@ fn fanout(c: &mut Criterion) {
             },
             Arc::default(),
         );
-        let outboxes: Vec<Arc<Outbox>> = (0..members).map(|_| hub.register(true, Encoding::PLAIN)).collect();
+        let outboxes: Vec<Arc<Outbox>> = (0..members)
+            .map(|_| hub.register(true, Encoding::PLAIN))
+            .collect();
         for o in &outboxes {
             hub.join("room", o);
         }

@@ -101,7 +101,11 @@ impl Hub {
             hasher: RandomState::new(),
             next_id: AtomicU64::new(1),
             flusher: Flusher::new(config.flushers, metrics.clone()),
-            compression: Compression::new(config.compression_threshold, config.compression_level, metrics.clone()),
+            compression: Compression::new(
+                config.compression_threshold,
+                config.compression_level,
+                metrics.clone(),
+            ),
             config,
             metrics,
         }
@@ -391,7 +395,9 @@ mod tests {
             let mut batch = Vec::new();
             a.pop_batch(&mut batch, 10, 100);
             assert!(
-                batch.iter().all(|f| f.as_ptr() == frame.frame(Encoding::PLAIN).as_ptr()),
+                batch
+                    .iter()
+                    .all(|f| f.as_ptr() == frame.frame(Encoding::PLAIN).as_ptr()),
                 "same bytes, no copy"
             );
             a.written(batch.len(), 4 * batch.len());

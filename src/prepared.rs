@@ -207,7 +207,10 @@ mod tests {
         let m = text(&[b'x'; 300], &c);
         assert_eq!(&m.frame(Encoding::PLAIN)[..4], &[0x81, 126, 1, 44]);
         assert_eq!(m.payload(), &[b'x'; 300][..]);
-        assert_eq!(m.frame(Encoding::PLAIN).as_ptr(), m.frame(Encoding::PLAIN).as_ptr());
+        assert_eq!(
+            m.frame(Encoding::PLAIN).as_ptr(),
+            m.frame(Encoding::PLAIN).as_ptr()
+        );
         let b = Prepared::binary(FramePayload::with_capacity(0), &c);
         assert_eq!(&b.frame(Encoding::deflate(15))[..], &[0x82, 0]);
     }
@@ -218,7 +221,11 @@ mod tests {
         let payload = br#"{"type":"message","data":"hello hello hello hello"}"#.repeat(20);
         let m = text(&payload, &c);
         let frames: Vec<Bytes> = (0..1000).map(|_| m.frame(Encoding::deflate(15))).collect();
-        assert_eq!(metrics.compressions(), 1, "a thousand recipients, one compression");
+        assert_eq!(
+            metrics.compressions(),
+            1,
+            "a thousand recipients, one compression"
+        );
         assert!(frames.iter().all(|f| f.as_ptr() == frames[0].as_ptr()));
         assert_eq!(frames[0][0], 0xC1, "FIN, RSV1, text");
         assert!(frames[0].len() < payload.len() / 4);

@@ -72,7 +72,10 @@ fn deflate_with(z: &mut Compress, data: &[u8]) -> Vec<u8> {
 }
 
 fn deflate(data: &[u8], window: u8) -> Vec<u8> {
-    deflate_with(&mut Compress::new_with_window_bits(Compression::new(6), false, window), data)
+    deflate_with(
+        &mut Compress::new_with_window_bits(Compression::new(6), false, window),
+        data,
+    )
 }
 
 /// The payload of a frame the server sent, inflated if compressed (the
@@ -135,7 +138,11 @@ async fn deflate_and_plain_members_receive_every_publication_and_each_is_compres
         let m: Value = serde_json::from_slice(&yawc_data(ws).await.1).unwrap();
         assert_eq!(m["data"][0]["seq"], 0);
     }
-    assert_eq!(server.node.metrics.compressions(), 1, "five yawc members, one compression");
+    assert_eq!(
+        server.node.metrics.compressions(),
+        1,
+        "five yawc members, one compression"
+    );
     let mut raw = RawClient::connect_offering(server.addr, "/ws", "permessage-deflate").await;
     assert!(raw.deflate, "{}", raw.head);
     assert_eq!(raw.json().await["type"], "welcome");
@@ -176,7 +183,10 @@ async fn deflate_and_plain_members_receive_every_publication_and_each_is_compres
             .await;
             assert_eq!(status, 200);
             let v = serde_json::to_string(&serde_json::from_str::<Value>(&data).unwrap()).unwrap();
-            expected.push((false, format!(r#"{{"type":"message","group":"room","data":{v}}}"#).into_bytes()));
+            expected.push((
+                false,
+                format!(r#"{{"type":"message","group":"room","data":{v}}}"#).into_bytes(),
+            ));
         }
         if expected.last().unwrap().1.len() >= 256 {
             large += 1;
@@ -192,14 +202,27 @@ async fn deflate_and_plain_members_receive_every_publication_and_each_is_compres
     for (binary, want) in &expected {
         let f = raw.frame().await.unwrap();
         assert_eq!(f.opcode, if *binary { OP_BINARY } else { OP_TEXT });
-        assert_eq!(f.rsv1, want.len() >= 256, "compressed exactly when at or above the threshold");
+        assert_eq!(
+            f.rsv1,
+            want.len() >= 256,
+            "compressed exactly when at or above the threshold"
+        );
         if f.rsv1 {
-            assert!(f.payload.len() < want.len() / 3, "{} of {}", f.payload.len(), want.len());
+            assert!(
+                f.payload.len() < want.len() / 3,
+                "{} of {}",
+                f.payload.len(),
+                want.len()
+            );
         }
         assert_eq!(&payload_of(&f), want);
     }
     for (binary, want) in &expected {
-        let m = tokio::time::timeout(STEP, plain.next()).await.unwrap().unwrap().unwrap();
+        let m = tokio::time::timeout(STEP, plain.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         match (binary, m) {
             (false, Message::Text(t)) => assert_eq!(t.as_bytes(), &want[..]),
             (true, Message::Binary(b)) => assert_eq!(&b[..], &want[..]),
@@ -214,12 +237,8 @@ async fn deflate_and_plain_members_receive_every_publication_and_each_is_compres
 #[tokio::test]
 async fn compressed_and_fragmented_client_messages_are_inflated() {
     let server = start(config()).await;
-    let mut echo = RawClient::connect_offering(
-        server.addr,
-        "/echo",
-        "permessage-deflate; client_max_window_bits",
-    )
-    .await;
+    let mut echo =
+        RawClient::connect_offering(server.addr, "/echo", "permessage-deflate; client_max_window_bits").await;
     let head = echo.head.to_ascii_lowercase();
     assert!(
         head.contains("sec-websocket-extensions: permessage-deflate; server_no_context_takeover")
@@ -229,17 +248,30 @@ async fn compressed_and_fragmented_client_messages_are_inflated() {
     let window: u8 = head
         .split("client_max_window_bits=")
         .nth(1)
-        .and_then(|r| r[..2].trim_end_matches(|c: char| !c.is_ascii_digit()).parse().ok())
+        .and_then(|r| {
+            r[..2]
+                .trim_end_matches(|c: char| !c.is_ascii_digit())
+                .parse()
+                .ok()
+        })
         .expect("a client window in the answer");
     assert!((9..=15).contains(&window));
     // One compressed frame, with context kept across messages (the client
     // did not offer client_no_context_takeover): the second refers back.
     let mut z = Compress::new_with_window_bits(Compression::new(6), false, window);
     let first = chatty(3000, 1);
-    echo.send_raw(&compressed_frame(true, OP_TEXT, &deflate_with(&mut z, first.as_bytes())))
-        .await;
+    echo.send_raw(&compressed_frame(
+        true,
+        OP_TEXT,
+        &deflate_with(&mut z, first.as_bytes()),
+    ))
+    .await;
     let f = echo.frame().await.unwrap();
-    assert_eq!((f.opcode, f.rsv1), (OP_TEXT, true), "the echo goes compressed too");
+    assert_eq!(
+        (f.opcode, f.rsv1),
+        (OP_TEXT, true),
+        "the echo goes compressed too"
+    );
     assert_eq!(payload_of(&f), first.as_bytes());
     let second = chatty(3000, 1);
     let c = deflate_with(&mut z, second.as_bytes());
@@ -253,9 +285,24 @@ async fn compressed_and_fragmented_client_messages_are_inflated() {
     let (a, rest) = c.split_at(c.len() / 3);
     let (b, d) = rest.split_at(rest.len() / 2);
     let mut wire = compressed_frame(false, OP_BINARY, a);
-    wire.extend(roomcast::ws::decoder::client_frame(false, OP_CONTINUATION, [5, 6, 7, 8], b));
-    wire.extend(roomcast::ws::decoder::client_frame(true, OP_PING, [1, 1, 1, 1], b"p"));
-    wire.extend(roomcast::ws::decoder::client_frame(true, OP_CONTINUATION, [9, 9, 9, 9], d));
+    wire.extend(roomcast::ws::decoder::client_frame(
+        false,
+        OP_CONTINUATION,
+        [5, 6, 7, 8],
+        b,
+    ));
+    wire.extend(roomcast::ws::decoder::client_frame(
+        true,
+        OP_PING,
+        [1, 1, 1, 1],
+        b"p",
+    ));
+    wire.extend(roomcast::ws::decoder::client_frame(
+        true,
+        OP_CONTINUATION,
+        [9, 9, 9, 9],
+        d,
+    ));
     echo.send_raw(&wire).await;
     let pong = echo.frame().await.unwrap();
     assert_eq!((pong.opcode, &pong.payload[..]), (0xA, &b"p"[..]));
@@ -342,8 +389,12 @@ async fn corrupt_compressed_data_or_invalid_utf8_after_inflating_closes_1007() {
         .await;
     assert_eq!(c.until_close().await.1, Some(1007));
     let mut c = RawClient::connect_offering(server.addr, "/echo", "permessage-deflate").await;
-    c.send_raw(&compressed_frame(true, OP_TEXT, &deflate(b"ok \xce\xba then \xed\xa0\x80", 15)))
-        .await;
+    c.send_raw(&compressed_frame(
+        true,
+        OP_TEXT,
+        &deflate(b"ok \xce\xba then \xed\xa0\x80", 15),
+    ))
+    .await;
     assert_eq!(c.until_close().await.1, Some(1007));
     server.stop().await;
 }
@@ -354,7 +405,9 @@ async fn offers_the_server_cannot_honour_are_declined_never_refused() {
     for (offer, answer) in [
         (
             "permessage-deflate",
-            Some("permessage-deflate; server_no_context_takeover; server_max_window_bits=15; client_no_context_takeover"),
+            Some(
+                "permessage-deflate; server_no_context_takeover; server_max_window_bits=15; client_no_context_takeover",
+            ),
         ),
         ("x-webkit-deflate-frame", None),
         ("permessage-deflate; server_max_window_bits", None),
@@ -362,18 +415,17 @@ async fn offers_the_server_cannot_honour_are_declined_never_refused() {
         ("permessage-deflate; server_max_window_bits=16", None),
         (
             "permessage-deflate; server_max_window_bits=16, permessage-deflate; server_max_window_bits=10",
-            Some("permessage-deflate; server_no_context_takeover; server_max_window_bits=10; client_no_context_takeover"),
+            Some(
+                "permessage-deflate; server_no_context_takeover; server_max_window_bits=10; client_no_context_takeover",
+            ),
         ),
     ] {
         let c = RawClient::connect_offering(server.addr, "/ws", offer).await;
-        let got = c
-            .head
-            .lines()
-            .find_map(|l| {
-                l.split_once(':')
-                    .filter(|(k, _)| k.eq_ignore_ascii_case("sec-websocket-extensions"))
-                    .map(|(_, v)| v.trim().to_owned())
-            });
+        let got = c.head.lines().find_map(|l| {
+            l.split_once(':')
+                .filter(|(k, _)| k.eq_ignore_ascii_case("sec-websocket-extensions"))
+                .map(|(_, v)| v.trim().to_owned())
+        });
         assert_eq!(got.as_deref(), answer, "offer {offer}");
     }
     server.stop().await;

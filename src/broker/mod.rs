@@ -91,7 +91,9 @@ pub fn deliver_local(hub: &Hub, p: &Publication) -> Result<Fanout, BrokerError> 
     };
     let c = hub.compression();
     let message = match &p.payload {
-        Payload::Json(data) => Prepared::text(protocol::message_json(group, p.from, p.user.as_deref(), data), c),
+        Payload::Json(data) => {
+            Prepared::text(protocol::message_json(group, p.from, p.user.as_deref(), data), c)
+        }
         Payload::Binary(data) => Prepared::binary(protocol::message_binary(group.unwrap_or(""), data), c),
     };
     match &p.target {

@@ -138,7 +138,7 @@ pub struct Decoder {
     /// zlib state, made on the first compressed message; between messages
     /// kept only if the client keeps its context (no
     /// `client_no_context_takeover`).
-    inflater: Option<Inflater>,
+    inflater: Option<Box<Inflater>>,
     /// Compressed messages completed since the last [`Decoder::take_inflated`].
     inflated: u64,
 }
@@ -180,11 +180,11 @@ impl Decoder {
     }
 
     /// Bytes held for a message in progress, plus the inflater's state if
-    /// one is held (about [`super::deflate::INFLATER_HEAP`]).
+    /// one is held (see [`super::deflate::inflater_heap`]).
     pub fn buffered(&self) -> usize {
         self.message.as_ref().map_or(0, |m| m.buf.capacity())
             + self.control.capacity()
-            + self.inflater.as_ref().map_or(0, Inflater::memory)
+            + self.inflater.as_ref().map_or(0, |i| i.memory())
     }
 
     /// Consume `input`, pushing every completed event to `out`.
@@ -328,7 +328,7 @@ impl Decoder {
                 });
                 if compressed && self.inflater.is_none() {
                     let params = self.deflate.as_ref().expect("RSV1 accepted only with deflate");
-                    self.inflater = Some(Inflater::for_params(params));
+                    self.inflater = Some(Box::new(Inflater::for_params(params)));
                 }
             }
             let m = self.message.as_mut().expect("data frame has a message");
@@ -631,7 +631,8 @@ mod tests {
 
     mod deflate {
         use super::*;
-        use crate::ws::deflate::{DeflateParams, INFLATER_HEAP, compress};
+        use crate::ws::deflate::{DeflateParams, compress, inflater_heap};
+        const INFLATER_HEAP: usize = inflater_heap(15);
         use flate2::{Compress, Compression, FlushCompress};
 
         const KEEP: DeflateParams = DeflateParams {
@@ -832,7 +833,7 @@ mod tests {
             assert_eq!(ev, vec![Event::Text(Bytes::from(t.clone())); 2]);
             assert_eq!(d.take_inflated(), 2);
             // The context is kept between messages, and counted.
-            assert!(d.buffered() >= INFLATER_HEAP);
+            assert!(d.buffered() >= inflater_heap(9));
             // Resetting after each message cannot decode the second one.
             let (ev, r, _) = decode(RESET, 1 << 16, &wire, 13);
             assert_eq!(ev.len(), 1);

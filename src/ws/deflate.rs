@@ -7,15 +7,17 @@
 //! compressor lives with any connection (see "permessage-deflate, compressed
 //! once" in `../shared/DESIGN-NOTES.md`). Compressors are cached per thread.
 //!
-//! Memory, measured with a counting allocator (flate2 1.1.11, zlib-rs 0.6.8):
-//! - an inflater is 152 bytes inline plus 47,552 bytes of heap at *every*
-//!   window size: zlib-rs allocates the full 32 KiB window whatever the
-//!   window bits ([`INFLATER_HEAP`]). It is created on the first compressed
-//!   message of a connection and, with `client_no_context_takeover`, dropped
-//!   after each message.
-//! - a compressor is 144 bytes inline plus 251,008 bytes of heap at window 9,
-//!   257,152 at 11 and 380,032 at 15, independent of the level. One per
-//!   (thread, window, level) in [`compress`]'s cache, none per connection.
+//! Memory, measured with a counting allocator (flate2 1.1.11 on C zlib):
+//! - an inflater holds 7,280 bytes of zlib state from its creation, and
+//!   its window (`2^bits` bytes, plus 8) from the first message on: 9,336
+//!   bytes at window 11, 40,056 at 15 ([`inflater_heap`]). It is created on
+//!   the first compressed message of a connection and, with
+//!   `client_no_context_takeover`, dropped after each message. (zlib-rs
+//!   keeps a 47,552-byte state at every window, which is why the crate uses
+//!   C zlib.)
+//! - a compressor holds 139,224 bytes of heap at window 9, 145,368 at 11
+//!   and 268,248 at 15, whatever the level. One per (thread, window, level)
+//!   in [`compress`]'s cache, none per connection.
 
 use std::cell::RefCell;
 
@@ -30,19 +32,21 @@ const NAME: &str = "permessage-deflate";
 /// Why 11 (2 KiB): a client stream of 500 chat publishes (142 bytes on
 /// average) compressed with context takeover at level 6 shrinks to 32.3% of
 /// its size at window 9, 25.0% at 10, 22.7% at 11, 21.2% at 12 and 19.5% at
-/// 15; 11 is the knee. With the zlib-rs backend the window does not change our
-/// inflater's memory (always [`INFLATER_HEAP`]); it does bound the client's
-/// compressor, and our inflater's with a backend that sizes its window by the
-/// window bits (C zlib: `2^bits` plus about 7 KB).
+/// 15; 11 is the knee. It bounds our inflater's memory for that client to
+/// 9,336 bytes instead of 40,056 at window 15 ([`inflater_heap`]), and the
+/// client's compressor too.
 ///
 /// Must stay below 15: [`DeflateParams::response_header`] reads
 /// `client_max_window_bits == 15` as "the client did not offer the parameter".
 pub const CLIENT_WINDOW_BITS: u8 = 11;
 const _: () = assert!(CLIENT_WINDOW_BITS >= 8 && CLIENT_WINDOW_BITS < 15);
 
-/// Heap bytes of one zlib-rs inflater, whatever its window (measured, see the
-/// module documentation). Used to report the decoder's memory.
-pub const INFLATER_HEAP: usize = 47_552;
+/// Heap bytes of one C zlib inflater with a window of `window_bits`, once
+/// it has inflated something (measured, see the module documentation).
+/// Used to report the decoder's memory.
+pub const fn inflater_heap(window_bits: u8) -> usize {
+    7_280 + (1 << window_bits) + 8
+}
 
 /// The trailer a sync flush ends with, removed from compressed messages
 /// (RFC 7692 section 7.2.1) and put back before inflating (7.2.2).
@@ -417,9 +421,9 @@ impl Inflater {
         Self::new(params.inflate_window_bits())
     }
 
-    /// Heap bytes this inflater holds (see [`INFLATER_HEAP`]).
+    /// Heap bytes this inflater holds, at most (see [`inflater_heap`]).
     pub fn memory(&self) -> usize {
-        INFLATER_HEAP + std::mem::size_of::<Self>()
+        inflater_heap(self.window_bits) + std::mem::size_of::<Self>()
     }
 
     /// Inflate more compressed bytes of the current message, appending to
