@@ -53,6 +53,47 @@ fn fanout_accounts_for_every_message() {
 }
 
 #[test]
+fn fanout_with_deflate_inflates_every_delivery_and_compresses_once_per_publication() {
+    for reader in ["1", "0"] {
+        let r = bench(&[
+            "--deflate",
+            "fanout",
+            "-c",
+            "40",
+            "-r",
+            "100",
+            "-d",
+            "1s",
+            "-s",
+            "1024",
+            "--fill",
+            "words",
+            "--subscriber-threads",
+            reader,
+        ]);
+        let acked = num(&r, "acked");
+        assert!(acked >= 50.0, "{r}");
+        assert_eq!(num(&r, "received"), acked * 40.0, "{r}");
+        assert_eq!(
+            num(&r, "lost") + num(&r, "out_of_order") + num(&r, "unexpected_frames"),
+            0.0
+        );
+        // Forty deflate members, one compression per publication (plus none
+        // for the small replies).
+        assert_eq!(num(&r, "server_compressions"), acked, "{r}");
+        let ratio = num(&r, "compression_ratio");
+        assert!(ratio > 0.2 && ratio < 0.7, "{r}");
+        assert!(num(&r, "server_bytes_sent_per_delivery") < 1024.0 * 0.7, "{r}");
+    }
+    // Without --deflate nothing is compressed.
+    let r = bench(&[
+        "fanout", "-c", "10", "-r", "50", "-d", "1s", "-s", "1024", "--fill", "words",
+    ]);
+    assert_eq!(num(&r, "server_compressions"), 0.0, "{r}");
+    assert!(num(&r, "server_bytes_sent_per_delivery") > 1024.0, "{r}");
+}
+
+#[test]
 fn fanout_reports_refused_publications() {
     // The spawned server allows 50 messages/s per connection after a burst
     // of 200: a publisher at 400/s for a second gets about 150

@@ -48,6 +48,12 @@ pub struct FanoutArgs {
     /// Payload size in bytes (the `data` string; at least 32).
     #[arg(short = 's', long, default_value_t = 64)]
     pub size: usize,
+    /// What pads `data` to --size: `x` (one letter repeated: compresses
+    /// about a hundredfold) or `words` (chat-like text from a small
+    /// vocabulary, which deflate shrinks to roughly a third, like real
+    /// JSON traffic: for --deflate runs).
+    #[arg(long, value_enum, default_value_t = Fill::X)]
+    pub fill: Fill,
     /// How long to publish.
     #[arg(short = 'd', long, default_value = "10s", value_parser = parse_duration)]
     pub duration: Duration,
@@ -60,6 +66,31 @@ pub struct FanoutArgs {
     /// (costlier per delivery, kept for comparison).
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub subscriber_threads: usize,
+}
+
+/// What pads a publication's `data` (see [`FanoutArgs::fill`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Fill {
+    /// `xxxx...`
+    X,
+    /// Chat-like words.
+    Words,
+}
+
+/// The words of [`Fill::Words`].
+const WORDS: [&str; 32] = [
+    "hello", "everyone", "the", "match", "starts", "in", "five", "minutes", "who", "is", "joining", "lobby",
+    "room", "score", "team", "red", "blue", "wins", "again", "nice", "shot", "price", "up", "down", "order",
+    "filled", "at", "market", "ok", "see", "you", "later",
+];
+
+/// Append words to `out` until it is `len` bytes long.
+fn fill_words(out: &mut Vec<u8>, len: usize, rng: &mut fastrand::Rng) {
+    while out.len() < len {
+        out.extend_from_slice(WORDS[rng.usize(..WORDS.len())].as_bytes());
+        out.push(if rng.u8(..8) == 0 { b',' } else { b' ' });
+    }
+    out.truncate(len);
 }
 
 /// What one publisher did.
@@ -141,6 +172,7 @@ pub async fn run(ctx: &Ctx, args: &FanoutArgs) -> anyhow::Result<Report> {
     }
 
     let server_before = ctx.server_usage()?;
+    let counters_before = super::server_counters(&ctx.target).await;
     let own_before = own_usage()?;
     let start = Instant::now() + Duration::from_millis(50);
     let start_us = now_us() + 50_000;
@@ -159,6 +191,7 @@ pub async fn run(ctx: &Ctx, args: &FanoutArgs) -> anyhow::Result<Report> {
             groups,
             rate,
             args.size,
+            args.fill,
             start,
             args.duration,
             args.drain,
@@ -203,6 +236,7 @@ pub async fn run(ctx: &Ctx, args: &FanoutArgs) -> anyhow::Result<Report> {
         }
     }
     let server_after = ctx.server_usage()?;
+    let counters_after = super::server_counters(&ctx.target).await;
     let own_after = own_usage()?;
     spinner.finish_and_clear();
     sub_tasks.abort_all();
@@ -257,6 +291,23 @@ pub async fn run(ctx: &Ctx, args: &FanoutArgs) -> anyhow::Result<Report> {
         );
     }
     report.push_f("client_cpu_seconds", own_after.cpu - own_before.cpu, 2);
+    if let (Some(b), Some(a)) = (&counters_before, &counters_after) {
+        let delta = |name: &str| a.get(name).copied().unwrap_or(0.0) - b.get(name).copied().unwrap_or(0.0);
+        report.push_f(
+            "server_bytes_sent_per_delivery",
+            delta("roomcast_websocket_sent_bytes_total") / got.max(1) as f64,
+            1,
+        );
+        report.push_f("server_compressions", delta("roomcast_compressions_total"), 0);
+        let input = delta("roomcast_compression_input_bytes_total");
+        if input > 0.0 {
+            report.push_f(
+                "compression_ratio",
+                delta("roomcast_compression_output_bytes_total") / input,
+                3,
+            );
+        }
+    }
     Ok(report)
 }
 
@@ -306,6 +357,7 @@ async fn publish(
     groups: usize,
     rate: f64,
     size: usize,
+    fill: Fill,
     start: Instant,
     duration: Duration,
     drain: Duration,
@@ -320,6 +372,7 @@ async fn publish(
     tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let end = start + duration;
     let mut payload = Vec::with_capacity(size + 64);
+    let mut rng = fastrand::Rng::with_seed(index);
     let mut pongs: Vec<Vec<u8>> = Vec::new();
     let handle = |text: &[u8], out: &mut Published, answered: &mut u64| {
         if let Some((id, err)) = parse_reply(text)
@@ -353,7 +406,11 @@ async fn publish(
                     let _ = write!(payload, r#"{{"type":"publish","group":"g{g}","id":{},"data":""#, out.sent);
                     let data_at = payload.len();
                     let _ = write!(payload, "{index}:{}:{}:", out.sent, now_us());
-                    payload.resize(data_at + size.max(payload.len() - data_at), b'x');
+                    let len = data_at + size.max(payload.len() - data_at);
+                    match fill {
+                        Fill::X => payload.resize(len, b'x'),
+                        Fill::Words => fill_words(&mut payload, len, &mut rng),
+                    }
                     payload.extend_from_slice(b"\"}");
                     w.text(&payload);
                 }

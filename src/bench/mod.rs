@@ -100,6 +100,11 @@ pub struct Common {
     /// Print the report as one JSON object instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Offer permessage-deflate on every connection (the run fails if the
+    /// server declines); compressed deliveries are inflated before they
+    /// are checked, by one inflater per reader thread.
+    #[arg(long, global = true)]
+    pub deflate: bool,
 }
 
 /// What to measure.
@@ -176,6 +181,7 @@ impl Server {
     /// Start a server if `--spawn` asks for one.
     pub fn start(common: &Common) -> anyhow::Result<Self> {
         let mut target = Target::parse(&common.url)?;
+        target.deflate = common.deflate;
         if !common.spawn {
             return Ok(Self {
                 spawned: None,
@@ -526,4 +532,37 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// The usage of this (load tool) process, for reports.
 pub fn own_usage() -> anyhow::Result<Usage> {
     Usage::of(None).context("reading this process's usage")
+}
+
+/// The server's Prometheus counters now (`GET /metrics` on the target's
+/// address), summed over their labels, by name; `None` when they cannot be
+/// read (another server, or no `/metrics`).
+pub async fn server_counters(target: &Target) -> Option<std::collections::HashMap<String, f64>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let read = async {
+        let mut s = tokio::net::TcpStream::connect(target.addr).await.ok()?;
+        let req = format!(
+            "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            target.host
+        );
+        s.write_all(req.as_bytes()).await.ok()?;
+        let mut body = Vec::new();
+        s.read_to_end(&mut body).await.ok()?;
+        String::from_utf8(body).ok()
+    };
+    let text = tokio::time::timeout(Duration::from_secs(5), read).await.ok()??;
+    if !text.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    let mut counters = std::collections::HashMap::new();
+    for line in text.lines().filter(|l| l.starts_with("roomcast_")) {
+        let Some((name, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let name = name.split('{').next().unwrap_or(name);
+        if let Ok(v) = value.parse::<f64>() {
+            *counters.entry(name.to_owned()).or_insert(0.0) += v;
+        }
+    }
+    Some(counters)
 }

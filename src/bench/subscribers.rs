@@ -20,7 +20,7 @@ use anyhow::Context as _;
 
 use super::Conn;
 use super::delivery::{Local, Received};
-use super::wire::{Frame, Parsed, masked_frame, parse};
+use super::wire::{Frame, Inflate, Parsed, masked_frame, parse};
 
 /// Bytes read at a time.
 const SCRATCH: usize = 64 * 1024;
@@ -43,6 +43,7 @@ impl Subscribers {
         let threads = threads.max(1);
         let mut shares: Vec<Vec<Sub>> = (0..threads).map(|_| Vec::new()).collect();
         for (i, (r, w)) in conns.into_iter().enumerate() {
+            let deflate = r.deflate();
             let (read_half, pending) = r.into_parts();
             let stream = read_half
                 .reunite(w.into_inner())
@@ -53,6 +54,7 @@ impl Subscribers {
                 stream: mio::net::TcpStream::from_std(stream),
                 pending,
                 last_seq: vec![0; publishers],
+                deflate,
                 open: true,
                 counted: false,
             });
@@ -93,6 +95,8 @@ struct Sub {
     pending: Vec<u8>,
     /// Last sequence number seen from each publisher.
     last_seq: Vec<u64>,
+    /// It agreed to permessage-deflate: compressed frames are allowed.
+    deflate: bool,
     open: bool,
     /// Its closing was added to the shared count.
     counted: bool,
@@ -109,12 +113,22 @@ fn read_loop(mut subs: Vec<Sub>, shared: &Received, stop: &AtomicBool) -> anyhow
     let mut out = Vec::new();
     let mut rng = fastrand::Rng::new();
     let mut local = Local::default();
+    // One for the thread: the server compresses each message on its own.
+    let mut inflate = Inflate::default();
     // Bytes left in the kernel after the handshake's reads were handed
     // over with the socket; epoll reports only new arrivals.
     for sub in &mut subs {
         let pending = std::mem::take(&mut sub.pending);
         if !pending.is_empty() {
-            sub.consume(&pending, &mut None, shared, &mut local, &mut out, &mut rng);
+            sub.consume(
+                &pending,
+                &mut None,
+                shared,
+                &mut local,
+                &mut out,
+                &mut rng,
+                &mut inflate,
+            );
             sub.answer(&mut out, shared);
         }
     }
@@ -134,7 +148,15 @@ fn read_loop(mut subs: Vec<Sub>, shared: &Received, stop: &AtomicBool) -> anyhow
                         // Frames that came in one read arrived together:
                         // one clock reading serves them all.
                         let mut clock = None;
-                        sub.consume(&scratch[..n], &mut clock, shared, &mut local, &mut out, &mut rng);
+                        sub.consume(
+                            &scratch[..n],
+                            &mut clock,
+                            shared,
+                            &mut local,
+                            &mut out,
+                            &mut rng,
+                            &mut inflate,
+                        );
                         sub.answer(&mut out, shared);
                         if n < scratch.len() {
                             // Emptied; epoll reports the next arrival.
@@ -158,7 +180,8 @@ fn read_loop(mut subs: Vec<Sub>, shared: &Received, stop: &AtomicBool) -> anyhow
 impl Sub {
     /// Handle the bytes of one read: every whole frame in them (after what
     /// was pending), keeping a partial frame for the next read. Pongs to
-    /// send go to `out`.
+    /// send go to `out`; compressed messages are inflated with `inflate`.
+    #[allow(clippy::too_many_arguments)]
     fn consume(
         &mut self,
         bytes: &[u8],
@@ -167,6 +190,7 @@ impl Sub {
         local: &mut Local,
         out: &mut Vec<u8>,
         rng: &mut fastrand::Rng,
+        inflate: &mut Inflate,
     ) {
         let joined;
         let data: &[u8] = if self.pending.is_empty() {
@@ -180,9 +204,24 @@ impl Sub {
         let mut at = 0;
         while at < data.len() {
             match parse(&data[at..]) {
-                Ok(Parsed::Frame { opcode, header, len }) => {
-                    let payload = &data[at + header..at + header + len];
+                Ok(Parsed::Frame {
+                    opcode,
+                    header,
+                    len,
+                    compressed,
+                }) => {
+                    let mut payload = &data[at + header..at + header + len];
                     at += header + len;
+                    if compressed {
+                        match inflate.message(payload) {
+                            Ok(p) if self.deflate => payload = p,
+                            _ => {
+                                local.unexpected += 1;
+                                self.open = false;
+                                return;
+                            }
+                        }
+                    }
                     if !self.frame(Frame::new(opcode, payload), clock, shared, local, out, rng) {
                         self.open = false;
                         return;

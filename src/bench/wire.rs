@@ -42,6 +42,9 @@ pub struct Target {
     pub host: String,
     /// Path (and query) of the WebSocket endpoint.
     pub path: String,
+    /// Offer permessage-deflate (`bench --deflate`); compressed messages
+    /// are then inflated before they are looked at.
+    pub deflate: bool,
 }
 
 impl Target {
@@ -75,6 +78,7 @@ impl Target {
             addr,
             host: authority.to_string(),
             path: path.to_string(),
+            deflate: false,
         })
     }
 
@@ -169,9 +173,10 @@ pub async fn connect(
     }
     let mut stream = socket.connect(target.addr).await?;
     stream.set_nodelay(true)?;
-    let leftover = handshake(&mut stream, target).await?;
+    let (leftover, deflate) = handshake(&mut stream, target).await?;
     let (r, w) = stream.into_split();
     let mut reader = Reader::new(r);
+    reader.inflate = deflate.then(Inflate::default);
     reader.buf[..leftover.len()].copy_from_slice(&leftover);
     reader.end = leftover.len();
     Ok((reader, Writer::new(w)))
@@ -183,11 +188,19 @@ pub fn masked_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8], rng: &mut fas
     crate::ws::frame::append_client_frame(out, true, opcode, mask, payload);
 }
 
-/// Send the upgrade request, check the `101`; returns bytes read past it.
-async fn handshake(stream: &mut TcpStream, target: &Target) -> Result<Vec<u8>, ConnectError> {
+/// Send the upgrade request, check the `101`; returns bytes read past it
+/// and whether permessage-deflate was agreed.
+async fn handshake(stream: &mut TcpStream, target: &Target) -> Result<(Vec<u8>, bool), ConnectError> {
+    // No client_max_window_bits: the load tool never compresses, and the
+    // server then keeps no inflater for it.
+    let offer = if target.deflate {
+        "Sec-WebSocket-Extensions: permessage-deflate\r\n"
+    } else {
+        ""
+    };
     let request = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n",
+         Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n{offer}\r\n",
         target.path, target.host
     );
     stream.write_all(request.as_bytes()).await?;
@@ -229,7 +242,68 @@ async fn handshake(stream: &mut TcpStream, target: &Target) -> Result<Vec<u8>, C
     if buf.len() - head_end > READ_BUF {
         return Err(ConnectError::Handshake("too much data after the handshake"));
     }
-    Ok(buf.split_off(head_end))
+    let deflate = head.lines().any(|line| {
+        line.split_once(':').is_some_and(|(name, value)| {
+            name.eq_ignore_ascii_case("sec-websocket-extensions")
+                && value.trim_start().starts_with("permessage-deflate")
+        })
+    });
+    if target.deflate && !deflate {
+        return Err(ConnectError::Handshake("the server declined permessage-deflate"));
+    }
+    Ok((buf.split_off(head_end), deflate))
+}
+
+/// Inflates compressed (RSV1) server messages. roomcast compresses every
+/// message on its own (`server_no_context_takeover`), so one stream,
+/// reset after each message, serves any number of connections: a reader
+/// thread needs one, not one per subscriber.
+pub struct Inflate {
+    z: flate2::Decompress,
+    out: Vec<u8>,
+}
+
+impl Default for Inflate {
+    fn default() -> Self {
+        Self {
+            z: flate2::Decompress::new(false),
+            out: Vec::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Inflate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inflate").finish_non_exhaustive()
+    }
+}
+
+impl Inflate {
+    /// The inflated payload of one compressed message.
+    pub fn message(&mut self, compressed: &[u8]) -> io::Result<&[u8]> {
+        self.z.reset(false);
+        self.out.clear();
+        for input in [compressed, &[0, 0, 0xff, 0xff][..]] {
+            let mut at = 0;
+            loop {
+                if self.out.capacity() - self.out.len() < 4096 {
+                    self.out.reserve(self.out.capacity().max(4096));
+                }
+                let before = self.z.total_in();
+                self.z
+                    .decompress_vec(&input[at..], &mut self.out, flate2::FlushDecompress::Sync)
+                    .map_err(|_| invalid("corrupt compressed message"))?;
+                at += (self.z.total_in() - before) as usize;
+                if at == input.len() && self.out.len() < self.out.capacity() {
+                    break;
+                }
+                if self.out.len() > 1 << 30 {
+                    return Err(invalid("frame too large"));
+                }
+            }
+        }
+        Ok(&self.out)
+    }
 }
 
 /// One frame from the server, borrowed from the reader's buffer.
@@ -272,6 +346,8 @@ pub struct Reader<R> {
     buf: Vec<u8>,
     start: usize,
     end: usize,
+    /// Set when permessage-deflate was agreed.
+    inflate: Option<Inflate>,
 }
 
 impl<R: AsyncRead + Unpin> Reader<R> {
@@ -281,6 +357,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             buf: vec![0; READ_BUF],
             start: 0,
             end: 0,
+            inflate: None,
         }
     }
 
@@ -288,6 +365,11 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     pub fn into_parts(self) -> (R, Vec<u8>) {
         let rest = self.buf[self.start..self.end].to_vec();
         (self.io, rest)
+    }
+
+    /// Whether the connection agreed to permessage-deflate.
+    pub fn deflate(&self) -> bool {
+        self.inflate.is_some()
     }
 
     /// Whether a whole or partial frame is already buffered (a caller that
@@ -307,7 +389,12 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     pub async fn next(&mut self) -> io::Result<Option<Frame<'_>>> {
         loop {
             match parse(&self.buf[self.start..self.end])? {
-                Parsed::Frame { opcode, header, len } => {
+                Parsed::Frame {
+                    opcode,
+                    header,
+                    len,
+                    compressed,
+                } => {
                     let from = self.start + header;
                     let to = from + len;
                     self.start = to;
@@ -315,7 +402,15 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                         self.start = 0;
                         self.end = 0;
                     }
-                    return Ok(Some(Frame::new(opcode, &self.buf[from..to])));
+                    let payload = &self.buf[from..to];
+                    if !compressed {
+                        return Ok(Some(Frame::new(opcode, payload)));
+                    }
+                    let inflate = self
+                        .inflate
+                        .as_mut()
+                        .ok_or_else(|| invalid("compressed frame without permessage-deflate"))?;
+                    return Ok(Some(Frame::new(opcode, inflate.message(payload)?)));
                 }
                 Parsed::Need(total) => {
                     // Make room: move the partial frame to the front, grow
@@ -341,8 +436,14 @@ impl<R: AsyncRead + Unpin> Reader<R> {
 
 /// The result of [`parse`].
 pub enum Parsed {
-    /// A whole frame: its opcode, header length and payload length.
-    Frame { opcode: u8, header: usize, len: usize },
+    /// A whole frame: its opcode, header length and payload length, and
+    /// whether it is compressed (RSV1).
+    Frame {
+        opcode: u8,
+        header: usize,
+        len: usize,
+        compressed: bool,
+    },
     /// Not enough bytes: at least this many are needed from the start.
     Need(usize),
 }
@@ -379,7 +480,12 @@ pub fn parse(b: &[u8]) -> io::Result<Parsed> {
     if b.len() < header + len {
         return Ok(Parsed::Need(header + len));
     }
-    Ok(Parsed::Frame { opcode, header, len })
+    Ok(Parsed::Frame {
+        opcode,
+        header,
+        len,
+        compressed: b[0] & 0x40 != 0,
+    })
 }
 
 fn invalid(what: &'static str) -> io::Error {
@@ -503,7 +609,8 @@ mod tests {
             Parsed::Frame {
                 opcode: 1,
                 header: 2,
-                len: 3
+                len: 3,
+                compressed: false
             }
         ));
         assert!(matches!(parse(&[0x82, 126, 1]).unwrap(), Parsed::Need(4)));
