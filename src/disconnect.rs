@@ -28,13 +28,10 @@ pub enum Disconnect {
     RateLimited,
     /// The JWT expired and was not refreshed (4003).
     TokenExpired,
-    /// Closed through the HTTP API with the caller's code and reason.
-    Api {
-        /// 1000 or 3000..=4999.
-        code: u16,
-        /// At most 123 bytes, sent in the Close frame.
-        reason: Box<str>,
-    },
+    /// Closed through the HTTP API with the caller's code and reason
+    /// (boxed: every connection holds a `Disconnect`, and this is the only
+    /// large variant).
+    Api(Box<ApiClose>),
     /// The socket failed (reset, broken pipe): no Close frame.
     SocketError,
     /// The client closed TCP without a close handshake: no Close frame.
@@ -42,6 +39,15 @@ pub enum Disconnect {
     /// The session ended without reaching any of the above (its task was
     /// dropped: a panic, or the process exiting after the drain timeout).
     Aborted,
+}
+
+/// What `/api/disconnect` asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiClose {
+    /// 1000 or 3000..=4999.
+    pub code: u16,
+    /// At most 123 bytes, sent in the Close frame.
+    pub reason: Box<str>,
 }
 
 /// Close code for a slow consumer: reconnect, and read faster.
@@ -77,7 +83,7 @@ impl Disconnect {
             Self::Protocol(_) => 2,
             Self::SlowConsumer => 3,
             Self::IdleTimeout => 4,
-            Self::Api { .. } => 5,
+            Self::Api(_) => 5,
             Self::SocketError => 6,
             Self::Eof => 7,
             Self::RateLimited => 8,
@@ -107,7 +113,7 @@ impl Disconnect {
             Self::IdleTimeout => IDLE_TIMEOUT,
             Self::RateLimited => close::POLICY_VIOLATION,
             Self::TokenExpired => TOKEN_EXPIRED,
-            Self::Api { code, .. } => *code,
+            Self::Api(a) => a.code,
             Self::SocketError | Self::Eof | Self::Aborted => close::INTERNAL_ERROR,
         }
     }
@@ -124,7 +130,7 @@ impl Disconnect {
             Self::IdleTimeout => "idle timeout",
             Self::RateLimited => "message rate exceeded",
             Self::TokenExpired => "token expired",
-            Self::Api { reason, .. } => reason,
+            Self::Api(a) => &a.reason,
             Self::SocketError | Self::Eof | Self::Aborted => "",
         }
     }
@@ -152,10 +158,10 @@ mod tests {
             Disconnect::Protocol(ProtocolError::TooBig),
             Disconnect::SlowConsumer,
             Disconnect::IdleTimeout,
-            Disconnect::Api {
+            Disconnect::Api(Box::new(ApiClose {
                 code: 4000,
                 reason: "".into(),
-            },
+            })),
             Disconnect::SocketError,
             Disconnect::Eof,
             Disconnect::RateLimited,
@@ -167,10 +173,10 @@ mod tests {
         }
         assert_eq!(Disconnect::SlowConsumer.label(), "slow_consumer");
         assert_eq!(Disconnect::Protocol(ProtocolError::InvalidUtf8).code(), 1007);
-        let api = Disconnect::Api {
+        let api = Disconnect::Api(Box::new(ApiClose {
             code: 4100,
             reason: "bye".into(),
-        };
+        }));
         assert_eq!((api.code(), api.reason()), (4100, "bye"));
     }
 }

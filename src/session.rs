@@ -523,3 +523,38 @@ impl Drop for Membership {
         self.hub.unregister(self.outbox.id(), &self.reason);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// An idle connection's memory is mostly these three values (see
+    /// docs/BENCHMARKS.md): a change that grows them should say so, not
+    /// slip in. Bounds at today's sizes (release: 944, 192, 128 bytes;
+    /// debug builds lay the future out a little larger).
+    #[tokio::test]
+    async fn an_idle_connection_stays_small() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let c = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+            .await
+            .unwrap();
+        let node = crate::node::Node::new(crate::config::Config::default());
+        let opening = super::Opening {
+            mode: super::Mode::Protocol,
+            grant: None,
+            negotiated: crate::ws::handshake::Negotiated {
+                accept: String::new(),
+                subprotocol: None,
+                deflate: None,
+            },
+        };
+        let session = super::run(node, c, bytes::Bytes::new(), opening, None);
+        let sizes = (
+            std::mem::size_of_val(&session),
+            std::mem::size_of::<crate::outbox::Outbox>(),
+            std::mem::size_of::<crate::ws::Decoder>(),
+        );
+        assert!(
+            sizes.0 <= 960 && sizes.1 <= 192 && sizes.2 <= 128,
+            "session future, outbox, decoder: {sizes:?}"
+        );
+    }
+}

@@ -28,7 +28,7 @@ use serde_json::json;
 use serde_json::value::RawValue;
 
 use crate::broker::{BrokerError, Payload, Publication, Target};
-use crate::disconnect::{API_DISCONNECT, Disconnect};
+use crate::disconnect::{API_DISCONNECT, ApiClose, Disconnect};
 use crate::node::Node;
 use crate::protocol::validate_group;
 
@@ -346,10 +346,10 @@ async fn disconnect(State(node): State<Arc<Node>>, req: Request) -> ApiResult {
         .ok()
         .and_then(|id| node.hub.connection(id))
         .ok_or_else(|| unknown_connection(&b.conn))?;
-    let accepted = outbox.request_close(Disconnect::Api {
+    let accepted = outbox.request_close(Disconnect::Api(Box::new(ApiClose {
         code: b.code,
         reason: b.reason.into(),
-    });
+    })));
     Ok(axum::Json(json!({
         "conn": b.conn,
         "code": b.code,

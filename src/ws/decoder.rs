@@ -113,8 +113,9 @@ struct Assembly {
     utf8: Utf8Tracker,
     /// RSV1 was set on the first frame: every frame of it is compressed.
     compressed: bool,
-    /// Compressed payload bytes announced so far, bounded like `buf`.
-    compressed_len: u64,
+    /// Compressed payload bytes announced so far, bounded like `buf` (so
+    /// at most the 1 GiB a message limit can be).
+    compressed_len: u32,
 }
 
 /// Streaming frame decoder for one connection.
@@ -140,7 +141,7 @@ pub struct Decoder {
     /// `client_no_context_takeover`).
     inflater: Option<Box<Inflater>>,
     /// Compressed messages completed since the last [`Decoder::take_inflated`].
-    inflated: u64,
+    inflated: u32,
 }
 
 impl Decoder {
@@ -170,7 +171,7 @@ impl Decoder {
     /// How many compressed messages were inflated since the last call (for
     /// a metrics counter).
     pub fn take_inflated(&mut self) -> u64 {
-        std::mem::take(&mut self.inflated)
+        u64::from(std::mem::take(&mut self.inflated))
     }
 
     /// Whether a data message is partially received (a reader that is
@@ -303,7 +304,7 @@ impl Decoder {
         if opcode < OP_CLOSE {
             let so_far = self.message.as_ref().map_or(0, |m| {
                 if m.compressed {
-                    m.compressed_len
+                    u64::from(m.compressed_len)
                 } else {
                     m.buf.len() as u64
                 }
@@ -332,7 +333,8 @@ impl Decoder {
                 }
             }
             let m = self.message.as_mut().expect("data frame has a message");
-            m.compressed_len += len;
+            // Within the limit (checked above), which is at most 1 GiB.
+            m.compressed_len += len as u32;
         } else {
             self.control.clear();
         }
@@ -412,7 +414,7 @@ impl Decoder {
                     if self.deflate.is_some_and(|p| p.client_no_context_takeover) {
                         self.inflater = None;
                     }
-                    self.inflated += 1;
+                    self.inflated = self.inflated.saturating_add(1);
                 }
                 if m.text {
                     if !m.utf8.is_complete(m.buf.len()) {
