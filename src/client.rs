@@ -942,6 +942,11 @@ mod tests {
         assert!(cli.args.send_binary && cli.args.json);
         assert_eq!(cli.args.count, Some(3));
         assert_eq!(cli.args.connect_timeout, Duration::from_secs(10));
+        assert!(!cli.args.no_compression && cli.args.ca_cert.is_none());
+        let cli =
+            Cli::try_parse_from(["client", "wss://h/ws", "--no-compression", "--ca-cert", "ca.pem"]).unwrap();
+        assert!(cli.args.no_compression);
+        assert_eq!(cli.args.ca_cert.as_deref(), Some(std::path::Path::new("ca.pem")));
         assert!(Cli::try_parse_from(["client", "ws://h:1/ws", "--count", "0"]).is_err());
     }
 
@@ -950,6 +955,14 @@ mod tests {
         let help = Cli::command().render_long_help().to_string();
         assert!(help.contains("Exit status:"), "{help}");
         assert!(help.contains("3  the server closed the connection"), "{help}");
+        for option in [
+            "wss://",
+            "--no-compression",
+            "--ca-cert <PEM>",
+            "permessage-deflate",
+        ] {
+            assert!(help.contains(option), "{option}: {help}");
+        }
     }
 
     #[test]
