@@ -10,6 +10,13 @@
 //! prints every message received as one JSON object per line on stdout and
 //! publishes every line typed on stdin to `lobby`.
 //!
+//! The WebSocket is yawc's, because it has permessage-deflate (RFC 7692),
+//! which the client offers unless `--no-compression` is given: compressed
+//! messages from the server are inflated transparently. `wss://` runs over
+//! rustls with roomcast's crypto provider ([`crate::tls::provider`]),
+//! trusting the system's CA store plus `--ca-cert`; the server name (SNI and
+//! the name verified) is the URL's host.
+//!
 //! The whole client is [`run`], generic over its stdin, stdout and stderr so
 //! that tests drive it in-process; the binary calls [`run_stdio`], which
 //! passes the process's streams and turns a [`ClientError`] into an exit
@@ -22,12 +29,19 @@
 //! while the window is full.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use futures_util::SinkExt;
-use futures_util::stream::{SplitStream, StreamExt};
+use futures_util::stream::{SplitStream, Stream, StreamExt};
+use futures_util::{Sink, SinkExt};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use rustls::{ClientConfig, RootCertStore};
 use serde_json::Value;
 use serde_json::value::RawValue;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
@@ -35,10 +49,9 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_rustls::TlsConnector;
+use yawc::close::CloseCode;
+use yawc::{Frame, MaybeTlsStream, OpCode, Options, WebSocket, WebSocketError};
 
 /// At most this many requests (joins, publishes, checkpoints) may be
 /// waiting for their reply; stdin is not read while the window is full.
@@ -46,6 +59,15 @@ pub const WINDOW: usize = 256;
 
 /// How long to wait for the server's reply to our Close frame.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// The largest message accepted from the server, compressed or inflated
+/// (tungstenite's default, which the client had before yawc; yawc's own is
+/// 1 MiB).
+const MAX_MESSAGE: usize = 64 << 20;
+
+/// Messages shorter than this go uncompressed: deflate rarely shrinks a
+/// few dozen bytes (the server's default `--compression-threshold` too).
+const COMPRESSION_THRESHOLD: usize = 256;
 
 /// Exit status: normal end.
 pub const EXIT_OK: i32 = 0;
@@ -69,6 +91,15 @@ Output (stdout):
   The server echoes your own publications to you while you are in the
   group (unless it runs with --no-echo): they are printed and counted.
 
+Connection:
+  ws://HOST:PORT/PATH or wss://HOST:PORT/PATH (TLS 1.2/1.3). For wss:// the
+  server's certificate must be valid for HOST and signed by a CA in the
+  system's store (SSL_CERT_FILE / SSL_CERT_DIR override it) or in the
+  --ca-cert file (for a private or self-signed CA).
+  permessage-deflate (RFC 7692) is offered: if the server accepts it, large
+  messages travel compressed both ways and are printed as usual.
+  --no-compression does not offer it.
+
 Input (stdin):
   Each line is published to the first --join group. A line that is valid
   JSON is sent as that JSON value (42 is a number, \"42\" a string, {\"a\":1}
@@ -89,8 +120,10 @@ End of input:
 Exit status:
   0  normal end: --count reached, or stdin ended with nothing left to wait for
   1  the server answered a join or publish with an error frame, a stdin
-     line could not be published, or the arguments are invalid
-  2  cannot connect: server unreachable, upgrade refused, or no welcome
+     line could not be published, or the arguments are invalid (including
+     an unreadable --ca-cert file)
+  2  cannot connect: server unreachable, TLS handshake failed (e.g. a
+     certificate that is not trusted), upgrade refused, or no welcome
      within --connect-timeout
   3  the server closed the connection (close code and reason on stderr),
      or the connection was lost";
@@ -100,7 +133,7 @@ Exit status:
 #[command(after_help = AFTER_HELP)]
 pub struct ClientArgs {
     /// WebSocket URL of the server's roomcast endpoint, e.g.
-    /// ws://127.0.0.1:8080/ws.
+    /// ws://127.0.0.1:8080/ws or wss://chat.example.com/ws.
     #[arg(value_name = "URL")]
     pub url: String,
 
@@ -127,6 +160,15 @@ pub struct ClientArgs {
     /// than DUR (exit 2).
     #[arg(long, value_name = "DUR", default_value = "10s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
+
+    /// Do not offer permessage-deflate: every message travels uncompressed.
+    #[arg(long)]
+    pub no_compression: bool,
+
+    /// For wss:// URLs: also trust the CA certificate(s) in this PEM file,
+    /// e.g. a private CA or the server's self-signed certificate.
+    #[arg(long, value_name = "PEM")]
+    pub ca_cert: Option<PathBuf>,
 }
 
 impl ClientArgs {
@@ -139,6 +181,8 @@ impl ClientArgs {
             count: None,
             json: false,
             connect_timeout: Duration::from_secs(10),
+            no_compression: false,
+            ca_cert: None,
         }
     }
 }
@@ -185,8 +229,8 @@ pub enum ClientError {
     /// Reading stdin or writing stdout failed (exit 1).
     #[error("{0}")]
     Io(String),
-    /// The server could not be reached or refused the WebSocket upgrade
-    /// (exit 2).
+    /// The server could not be reached, the TLS handshake failed, or the
+    /// server refused the WebSocket upgrade (exit 2).
     #[error("cannot connect to {url}: {reason}")]
     Connect {
         /// The URL given.
@@ -223,7 +267,38 @@ impl ClientError {
     }
 }
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+/// yawc's socket as a stream of results and a sink of frames. yawc's own
+/// `Stream` ends at an error without saying which, and the client reports
+/// why a connection was lost.
+struct Ws(WebSocket<MaybeTlsStream<TcpStream>>);
+
+impl Stream for Ws {
+    type Item = Result<Frame, WebSocketError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        Poll::Ready(Some(ready!(self.get_mut().0.poll_next_frame(cx))))
+    }
+}
+
+impl Sink<Frame> for Ws {
+    type Error = WebSocketError;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Pin::new(&mut self.get_mut().0).poll_ready(cx)
+    }
+
+    fn start_send(self: Pin<&mut Self>, item: Frame) -> Result<(), Self::Error> {
+        Pin::new(&mut self.get_mut().0).start_send(item)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Pin::new(&mut self.get_mut().0).poll_close(cx)
+    }
+}
 
 /// Run the client: connect to `args.url`, join the groups, publish the
 /// lines of `stdin`, print what arrives on `stdout`, and report non-fatal
@@ -242,13 +317,13 @@ where
     validate(&args)?;
     let (ws, conn, welcome) = connect(&args).await?;
     let (sink, stream) = ws.split();
-    let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
     // The writer: sends what the main loop queues, in order, and stops
     // after a Close frame or the first error (the reading side sees it).
     let writer = AbortOnDrop(tokio::spawn(async move {
         let mut sink = sink;
         while let Some(m) = rx.recv().await {
-            let close = m.is_close();
+            let close = m.opcode() == OpCode::Close;
             if sink.send(m).await.is_err() || close {
                 break;
             }
@@ -320,14 +395,14 @@ impl Drop for AbortOnDrop {
 
 fn validate(args: &ClientArgs) -> Result<(), ClientError> {
     let url = args.url.trim();
-    if url.starts_with("wss://") {
+    if !url.starts_with("ws://") && !url.starts_with("wss://") {
         return Err(ClientError::Usage(format!(
-            "invalid URL '{url}': wss:// (TLS) is not supported by this client; use ws://"
+            "invalid URL '{url}': expected ws://HOST:PORT/PATH or wss://HOST:PORT/PATH, e.g. ws://127.0.0.1:8080/ws"
         )));
     }
-    if !url.starts_with("ws://") {
+    if args.ca_cert.is_some() && !url.starts_with("wss://") {
         return Err(ClientError::Usage(format!(
-            "invalid URL '{url}': expected ws://HOST:PORT/PATH, e.g. ws://127.0.0.1:8080/ws"
+            "--ca-cert is for wss:// URLs; '{url}' is not TLS"
         )));
     }
     match args.join.first() {
@@ -348,10 +423,28 @@ async fn connect(args: &ClientArgs) -> Result<(Ws, String, String), ClientError>
         url: url.to_owned(),
         reason,
     };
-    let (mut ws, _) = match tokio::time::timeout_at(deadline, tokio_tungstenite::connect_async(url)).await {
+    let parsed = url
+        .parse()
+        .map_err(|e| ClientError::Usage(format!("invalid URL '{url}': {e}")))?;
+    let mut options = Options::default()
+        .with_limits(MAX_MESSAGE, MAX_MESSAGE)
+        // Text frames that are not UTF-8 end the connection, as they did
+        // with tungstenite: the main loop reads text as `str`.
+        .with_utf8()
+        .with_no_delay();
+    if !args.no_compression {
+        options = options
+            .with_balanced_compression()
+            .with_compression_threshold(COMPRESSION_THRESHOLD);
+    }
+    let mut builder = WebSocket::connect(parsed).with_options(options);
+    if url.starts_with("wss://") {
+        builder = builder.with_connector(tls_connector(args.ca_cert.as_deref(), url)?);
+    }
+    let mut ws = match tokio::time::timeout_at(deadline, builder).await {
         Err(_) => return Err(unreachable(format!("timed out after {timeout}"))),
         Ok(Err(e)) => return Err(connect_error(url, e)),
-        Ok(Ok(x)) => x,
+        Ok(Ok(ws)) => Ws(ws),
     };
     let first = loop {
         match tokio::time::timeout_at(deadline, ws.next()).await {
@@ -360,13 +453,13 @@ async fn connect(args: &ClientArgs) -> Result<(Ws, String, String), ClientError>
                     "no welcome from the server within {timeout} (is this a roomcast /ws endpoint?)"
                 )));
             }
-            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)))) => continue,
+            Ok(Some(Ok(f))) if matches!(f.opcode(), OpCode::Ping | OpCode::Pong) => continue,
             Ok(other) => break other,
         }
     };
     let text = match first {
-        Some(Ok(Message::Text(t))) => t,
-        Some(Ok(Message::Binary(_))) => {
+        Some(Ok(f)) if f.opcode() == OpCode::Text => text_of(&f)?.to_owned(),
+        Some(Ok(f)) if f.opcode() == OpCode::Binary => {
             return Err(ClientError::Protocol(
                 "expected a welcome frame first, got a binary frame (is this a roomcast /ws endpoint?)"
                     .into(),
@@ -386,33 +479,81 @@ async fn connect(args: &ClientArgs) -> Result<(Ws, String, String), ClientError>
     }
 }
 
-/// Map a failed WebSocket connect to exit 1 (bad URL) or 2 (unreachable).
-fn connect_error(url: &str, e: tungstenite::Error) -> ClientError {
+/// The TLS connector for a `wss://` URL: TLS 1.3 and 1.2 with roomcast's
+/// crypto provider, ALPN `http/1.1` (a WebSocket upgrade needs HTTP/1.1),
+/// trusting the system's CA store plus the certificates in `ca_cert`.
+fn tls_connector(ca_cert: Option<&Path>, url: &str) -> Result<TlsConnector, ClientError> {
+    let mut roots = RootCertStore::empty();
+    // Unreadable or unparsable system certificates are skipped: one bad
+    // file in /etc/ssl/certs must not stop every connection.
+    let system = rustls_native_certs::load_native_certs();
+    roots.add_parsable_certificates(system.certs);
+    if let Some(path) = ca_cert {
+        let bad = |e: String| ClientError::Usage(format!("--ca-cert {}: {e}", path.display()));
+        let pem = std::fs::read(path).map_err(|e| bad(format!("cannot read: {e}")))?;
+        let certs = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(format!("bad PEM: {e}")))?;
+        if certs.is_empty() {
+            return Err(bad("no CERTIFICATE block in the PEM file".into()));
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| bad(format!("unusable certificate: {e}")))?;
+        }
+    }
+    if roots.is_empty() {
+        return Err(ClientError::Connect {
+            url: url.to_owned(),
+            reason: "no trusted CA certificates: none in the system's store \
+                     (SSL_CERT_FILE / SSL_CERT_DIR) and no --ca-cert"
+                .into(),
+        });
+    }
+    let mut config = ClientConfig::builder_with_provider(crate::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| ClientError::Usage(format!("TLS configuration: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
+/// Map a failed WebSocket connect to exit 1 (bad URL) or 2 (unreachable,
+/// TLS, refused upgrade).
+fn connect_error(url: &str, e: WebSocketError) -> ClientError {
     let reason = match e {
-        tungstenite::Error::Url(u) => return ClientError::Usage(format!("invalid URL '{url}': {u}")),
-        tungstenite::Error::Io(io) => io.to_string(),
-        tungstenite::Error::Http(resp) => {
-            let status = resp.status();
-            let body = resp.body().as_deref().unwrap_or_default();
-            // Our refusals carry {"error":{"code":..,"message":..}}.
-            let detail = serde_json::from_slice::<Value>(body)
-                .ok()
-                .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
-                .unwrap_or_else(|| {
-                    one_line(&String::from_utf8_lossy(body))
-                        .chars()
-                        .take(200)
-                        .collect()
-                });
-            let mut reason = format!("the server refused the WebSocket upgrade: HTTP {status}");
-            if !detail.is_empty() {
-                reason.push_str(": ");
-                reason.push_str(&detail);
+        WebSocketError::UrlParseError(u) => return ClientError::Usage(format!("invalid URL '{url}': {u}")),
+        WebSocketError::InvalidHttpScheme => {
+            return ClientError::Usage(format!("invalid URL '{url}': expected ws:// or wss://"));
+        }
+        WebSocketError::IoError(io) => {
+            // yawc hands TLS failures back as I/O errors wrapping rustls'.
+            match io.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+                Some(tls @ rustls::Error::InvalidCertificate(_)) => format!(
+                    "TLS handshake failed: {tls} (a private or self-signed CA can be trusted with --ca-cert FILE)"
+                ),
+                Some(tls) => format!("TLS handshake failed: {tls}"),
+                None => io.to_string(),
             }
-            if status == http::StatusCode::NOT_FOUND {
+        }
+        WebSocketError::InvalidStatusCode(code) => {
+            // yawc keeps only the status, not the body with our
+            // {"error":{..}} detail.
+            let status =
+                http::StatusCode::from_u16(code).map_or_else(|_| code.to_string(), |s| s.to_string());
+            let mut reason = format!("the server refused the WebSocket upgrade: HTTP {status}");
+            if code == http::StatusCode::NOT_FOUND.as_u16() {
                 reason.push_str(" (the roomcast endpoint is /ws)");
             }
             reason
+        }
+        WebSocketError::Redirected {
+            status_code,
+            location,
+        } => {
+            format!("the server refused the WebSocket upgrade: HTTP {status_code}, redirected to {location}")
         }
         other => other.to_string(),
     };
@@ -422,23 +563,30 @@ fn connect_error(url: &str, e: tungstenite::Error) -> ClientError {
     }
 }
 
+/// A text frame's payload as `str` (yawc checked it is UTF-8: `with_utf8`).
+fn text_of(f: &Frame) -> Result<&str, ClientError> {
+    std::str::from_utf8(f.payload()).map_err(|_| ClientError::Protocol("text frame that is not UTF-8".into()))
+}
+
 /// The error for a stream that yielded a Close frame, ended, or failed.
-fn end_error(m: Option<Result<Message, tungstenite::Error>>) -> ClientError {
+fn end_error(m: Option<Result<Frame, WebSocketError>>) -> ClientError {
     match m {
-        Some(Ok(Message::Close(Some(frame)))) => ClientError::Closed {
-            code: frame.code.into(),
-            reason: frame.reason.to_string(),
+        Some(Ok(f)) if f.opcode() == OpCode::Close => match f.close_code() {
+            Some(code) => ClientError::Closed {
+                code: code.into(),
+                reason: f.close_reason().ok().flatten().unwrap_or_default().to_owned(),
+            },
+            None => ClientError::Closed {
+                code: 1005,
+                reason: "no close code".into(),
+            },
         },
-        Some(Ok(Message::Close(None))) => ClientError::Closed {
-            code: 1005,
-            reason: "no close code".into(),
-        },
-        Some(Err(tungstenite::Error::Protocol(
-            tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
-        )))
-        | None => ClientError::Lost("closed without a close frame (1006)".into()),
+        // yawc's word for the socket's end, when no Close frame came first.
+        Some(Err(WebSocketError::ConnectionClosed)) | None => {
+            ClientError::Lost("closed without a close frame (1006)".into())
+        }
         Some(Err(e)) => ClientError::Lost(e.to_string()),
-        Some(Ok(m)) => ClientError::Protocol(format!("unexpected frame {m:?}")),
+        Some(Ok(f)) => ClientError::Protocol(format!("unexpected {:?} frame", f.opcode())),
     }
 }
 
@@ -483,7 +631,7 @@ enum Flow {
 struct Client<O, E> {
     args: ClientArgs,
     stream: SplitStream<Ws>,
-    tx: mpsc::UnboundedSender<Message>,
+    tx: mpsc::UnboundedSender<Frame>,
     out: O,
     err: E,
     conn: String,
@@ -559,7 +707,7 @@ impl<O: AsyncWrite + Unpin, E: AsyncWrite + Unpin> Client<O, E> {
     fn send_text(&self, text: String) {
         // A send error means the writer stopped: the reading side reports
         // why.
-        let _ = self.tx.send(Message::text(text));
+        let _ = self.tx.send(Frame::text(text));
     }
 
     /// Publish one stdin line (newline included, if any).
@@ -586,7 +734,7 @@ impl<O: AsyncWrite + Unpin, E: AsyncWrite + Unpin> Client<O, E> {
             frame.push(group.len() as u8);
             frame.extend_from_slice(group.as_bytes());
             frame.extend_from_slice(bytes);
-            let _ = self.tx.send(Message::binary(frame));
+            let _ = self.tx.send(Frame::binary(frame));
             // Binary requests have no id: a ping behind each one tells us
             // it was handled (and which line an id-less error is about).
             let id = self.request(Pending::Checkpoint(n));
@@ -615,14 +763,17 @@ impl<O: AsyncWrite + Unpin, E: AsyncWrite + Unpin> Client<O, E> {
     }
 
     /// Handle what the socket produced.
-    async fn received(
-        &mut self,
-        m: Option<Result<Message, tungstenite::Error>>,
-    ) -> Result<Flow, ClientError> {
+    async fn received(&mut self, m: Option<Result<Frame, WebSocketError>>) -> Result<Flow, ClientError> {
         match m {
-            Some(Ok(Message::Text(t))) => self.text(&t).await,
-            Some(Ok(Message::Binary(b))) => self.binary(&b).await,
-            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Ok(Flow::Continue),
+            // yawc reassembles fragments and inflates compressed messages:
+            // a Text or Binary frame here is a whole message.
+            Some(Ok(f)) => match f.opcode() {
+                OpCode::Text => self.text(text_of(&f)?).await,
+                OpCode::Binary => self.binary(f.payload()).await,
+                // yawc answers pings itself.
+                OpCode::Ping | OpCode::Pong => Ok(Flow::Continue),
+                _ => Err(end_error(Some(Ok(f)))),
+            },
             other => Err(end_error(other)),
         }
     }
@@ -737,10 +888,7 @@ impl<O: AsyncWrite + Unpin, E: AsyncWrite + Unpin> Client<O, E> {
 
     /// Close with 1000 and wait (briefly) for the server's Close.
     async fn close(&mut self) -> Result<(), ClientError> {
-        let _ = self.tx.send(Message::Close(Some(CloseFrame {
-            code: CloseCode::Normal,
-            reason: "".into(),
-        })));
+        let _ = self.tx.send(Frame::close(CloseCode::Normal, b""));
         let _ = tokio::time::timeout(CLOSE_WAIT, async {
             while let Some(Ok(_)) = self.stream.next().await {}
         })
@@ -794,6 +942,11 @@ mod tests {
         assert!(cli.args.send_binary && cli.args.json);
         assert_eq!(cli.args.count, Some(3));
         assert_eq!(cli.args.connect_timeout, Duration::from_secs(10));
+        assert!(!cli.args.no_compression && cli.args.ca_cert.is_none());
+        let cli =
+            Cli::try_parse_from(["client", "wss://h/ws", "--no-compression", "--ca-cert", "ca.pem"]).unwrap();
+        assert!(cli.args.no_compression);
+        assert_eq!(cli.args.ca_cert.as_deref(), Some(std::path::Path::new("ca.pem")));
         assert!(Cli::try_parse_from(["client", "ws://h:1/ws", "--count", "0"]).is_err());
     }
 
@@ -802,6 +955,14 @@ mod tests {
         let help = Cli::command().render_long_help().to_string();
         assert!(help.contains("Exit status:"), "{help}");
         assert!(help.contains("3  the server closed the connection"), "{help}");
+        for option in [
+            "wss://",
+            "--no-compression",
+            "--ca-cert <PEM>",
+            "permessage-deflate",
+        ] {
+            assert!(help.contains(option), "{option}: {help}");
+        }
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! `roomcast client` (`src/client.rs`) against a real server: receiving,
 //! publishing stdin lines (JSON, plain text, binary), `--count`, `--json`,
-//! and the exit-status errors for an unreachable server and a server that
-//! closes the connection.
+//! permessage-deflate (and `--no-compression`), `wss://` with `--ca-cert`,
+//! and the exit-status errors for an unreachable server, an untrusted
+//! certificate and a server that closes the connection.
 
 mod common;
 
@@ -11,6 +12,7 @@ use std::time::Duration;
 use clap::Parser;
 use common::*;
 use roomcast::client::{ClientArgs, ClientError, ClientExit};
+use roomcast::config::Config;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, DuplexStream};
 use tokio::task::JoinHandle;
@@ -452,5 +454,133 @@ async fn binary_exit_codes_and_output() {
         stderr.contains(&format!("roomcast client: cannot connect to {url}: ")),
         "{stderr}"
     );
+    server.stop().await;
+}
+
+/// Publish a large, compressible message to `big`, of which the client is
+/// the only member; returns how many compressions the server counted
+/// meanwhile, after checking that the client printed the message intact.
+async fn compressions_for_one_large_message(client_options: &[&str]) -> u64 {
+    let server = start(config()).await;
+    let url = server.url("/ws");
+    let mut argv = vec![url.as_str(), "--join", "big"];
+    argv.extend_from_slice(client_options);
+    let mut client = spawn_client(args(&argv));
+    server.wait_stats("client joined", |s| s.groups == 1).await;
+    // A plain (tungstenite) publisher, not in the group: the client is the
+    // only recipient, so any compression is for it.
+    let (mut publisher, publisher_id) = connect(&server).await;
+    let text = "hello everyone, this compresses well. ".repeat(40);
+    assert!(text.len() >= 1024);
+    let before = server.node.metrics.compressions();
+    let ack = request(
+        &mut publisher,
+        json!({"type":"publish","group":"big","data":text,"id":1}),
+    )
+    .await;
+    assert_eq!(ack, json!({"type":"ack","id":1}));
+    assert_eq!(
+        client.line().await,
+        json!({"type":"message","group":"big","from":publisher_id,"data":text})
+    );
+    let compressions = server.node.metrics.compressions() - before;
+    client.task.abort();
+    server.stop().await;
+    compressions
+}
+
+#[tokio::test]
+async fn negotiates_deflate_by_default() {
+    assert_eq!(
+        compressions_for_one_large_message(&[]).await,
+        1,
+        "the server compressed the message for the client"
+    );
+}
+
+#[tokio::test]
+async fn no_compression_does_not_offer_deflate() {
+    assert_eq!(
+        compressions_for_one_large_message(&["--no-compression"]).await,
+        0,
+        "nothing compressed for a client without permessage-deflate"
+    );
+}
+
+/// A TLS server with a self-signed certificate for 127.0.0.1, and that
+/// certificate's PEM file (what `--ca-cert` takes).
+async fn tls_server(dir: &std::path::Path) -> (TestServer, String, std::path::PathBuf) {
+    let key =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+    let (cert, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, key.cert.pem()).unwrap();
+    std::fs::write(&key_file, key.signing_key.serialize_pem()).unwrap();
+    let server = start(Config {
+        tls_cert: Some(cert.clone()),
+        tls_key: Some(key_file),
+        ..config()
+    })
+    .await;
+    let url = format!("wss://{}/ws", server.addr);
+    (server, url, cert)
+}
+
+#[tokio::test]
+async fn wss_with_ca_cert_joins_publishes_and_receives() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, url, cert) = tls_server(dir.path()).await;
+    let cert = cert.to_str().unwrap();
+    // Deflate over TLS too: a large line comes back (the echo of our own
+    // publication) compressed and is printed intact.
+    let big = "over TLS, compressed ".repeat(30);
+    let before = server.node.metrics.compressions();
+    let (result, out, err) = run_client(
+        args(&[
+            &url,
+            "--ca-cert",
+            cert,
+            "--join",
+            "lobby",
+            "--json",
+            "--count",
+            "2",
+        ]),
+        &format!("hello\n{big}\n"),
+    )
+    .await;
+    let exit = result.unwrap_or_else(|e| panic!("{e}; stderr {err}"));
+    // (The last ack may come after the echo that ends the session.)
+    assert_eq!(exit.messages, 2);
+    let frames: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(frames[0]["type"], "welcome", "{frames:?}");
+    assert_eq!(frames[1], json!({"type":"ack","id":1}), "{frames:?}");
+    let data: Vec<&Value> = frames
+        .iter()
+        .filter(|f| f["type"] == "message")
+        .map(|f| &f["data"])
+        .collect();
+    assert_eq!(data, [&json!("hello"), &json!(big)], "{frames:?}");
+    assert_eq!(server.node.metrics.compressions() - before, 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn wss_without_the_ca_exits_2_naming_the_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, url, _) = tls_server(dir.path()).await;
+    let (result, _, _) = run_client(args(&[&url, "--join", "g"]), "").await;
+    let e = result.expect_err("an untrusted certificate");
+    assert_eq!(e.exit_code(), 2, "{e}");
+    let msg = e.to_string();
+    assert!(msg.starts_with(&format!("cannot connect to {url}: ")), "{msg}");
+    assert!(msg.contains("certificate"), "{msg}");
+    // --ca-cert is only for wss://, and a file that is not PEM is a usage
+    // error.
+    let (result, _, _) = run_client(args(&[&server.url("/ws"), "--ca-cert", "/dev/null"]), "").await;
+    assert_eq!(result.expect_err("ws:// with --ca-cert").exit_code(), 1);
+    let (result, _, _) = run_client(args(&[&url, "--ca-cert", "/dev/null"]), "").await;
+    let e = result.expect_err("empty --ca-cert");
+    assert_eq!(e.exit_code(), 1, "{e}");
+    assert!(e.to_string().contains("--ca-cert /dev/null"), "{e}");
     server.stop().await;
 }
