@@ -215,6 +215,14 @@ async fn client_mistakes_get_4xx_with_json_bodies() {
         ("GET", "/api/groups/%FF", vec![], vec![], 400, "invalid_group"),
         (
             "POST",
+            "/api/publish?group=%FF",
+            vec![("Content-Type", "application/octet-stream")],
+            b"x".to_vec(),
+            400,
+            "invalid_group",
+        ),
+        (
+            "POST",
             "/api/publish",
             json_ct.to_vec(),
             b"{not json".to_vec(),

@@ -245,6 +245,33 @@ struct GroupQuery {
     group: Option<String>,
 }
 
+/// Whether every `%XX` escape of `query` decodes, value by value, to UTF-8.
+fn query_is_utf8(query: &str) -> bool {
+    query.split('&').all(|pair| {
+        let b = pair.as_bytes();
+        let mut out = Vec::with_capacity(b.len());
+        let mut i = 0;
+        while i < b.len() {
+            let hex = |c: u8| (c as char).to_digit(16);
+            match (
+                b[i],
+                b.get(i + 1).and_then(|&c| hex(c)),
+                b.get(i + 2).and_then(|&c| hex(c)),
+            ) {
+                (b'%', Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                }
+                (c, _, _) => {
+                    out.push(c);
+                    i += 1;
+                }
+            }
+        }
+        std::str::from_utf8(&out).is_ok()
+    })
+}
+
 /// `POST /api/publish`: JSON `{"group","data"}`, or raw bytes with
 /// `Content-Type: application/octet-stream` and `?group=G`.
 async fn publish(
@@ -253,6 +280,15 @@ async fn publish(
     req: Request,
 ) -> ApiResult {
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    // The query extractor decodes invalid UTF-8 lossily (into U+FFFD), which
+    // would publish to another group than the one named: refuse it.
+    if q.group.is_some() && !query_is_utf8(req.uri().query().unwrap_or("")) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_group",
+            "group name is not valid UTF-8",
+        ));
+    }
     let kind = body_kind(&req)?;
     let body = read_body(req, BodyLimit::MessageSize(node.config.max_message_size)).await?;
     let (group, payload) = match kind {

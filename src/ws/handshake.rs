@@ -106,7 +106,7 @@ pub fn accept(
     if decoded.len() != 16 {
         return Err(HandshakeError::Key);
     }
-    let deflate = if compression {
+    let deflate = if compression && !broken_deflate(headers) {
         deflate::negotiate(
             headers
                 .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
@@ -121,6 +121,20 @@ pub fn accept(
         subprotocol: None,
         deflate,
     })
+}
+
+/// Safari 15.0 to 15.3 (macOS and iOS) offer permessage-deflate but fail
+/// on compressed messages from the server (a WebKit bug fixed in 15.4),
+/// so they get no extension, as uWebSockets does for them.
+fn broken_deflate(headers: &HeaderMap) -> bool {
+    let Some(ua) = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    ua.contains("Safari/")
+        && ua.match_indices("Version/15.").any(|(at, m)| {
+            let rest = &ua.as_bytes()[at + m.len()..];
+            matches!(rest.first(), Some(b'0'..=b'3')) && !rest.get(1).is_some_and(u8::is_ascii_digit)
+        })
 }
 
 /// `Sec-WebSocket-Accept` for a `Sec-WebSocket-Key`.
@@ -141,6 +155,48 @@ mod tests {
             accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
             "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
+    }
+
+    #[test]
+    fn safari_15_0_to_15_3_gets_no_deflate() {
+        let mut h = HeaderMap::new();
+        h.insert(header::UPGRADE, "websocket".parse().unwrap());
+        h.insert(header::CONNECTION, "Upgrade".parse().unwrap());
+        h.insert(header::SEC_WEBSOCKET_VERSION, "13".parse().unwrap());
+        h.insert(
+            header::SEC_WEBSOCKET_KEY,
+            "dGhlIHNhbXBsZSBub25jZQ==".parse().unwrap(),
+        );
+        h.insert(
+            header::SEC_WEBSOCKET_EXTENSIONS,
+            "permessage-deflate; client_max_window_bits".parse().unwrap(),
+        );
+        let deflate = |ua: Option<&str>| {
+            let mut h = h.clone();
+            if let Some(ua) = ua {
+                h.insert(header::USER_AGENT, ua.parse().unwrap());
+            }
+            accept(&Method::GET, Version::HTTP_11, &h, true)
+                .unwrap()
+                .deflate
+                .is_some()
+        };
+        let safari = |v: &str| {
+            format!(
+                "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 \
+                 (KHTML, like Gecko) Version/{v} Safari/605.1.15"
+            )
+        };
+        for broken in ["15.0", "15.1", "15.2", "15.3", "15.3.1"] {
+            assert!(!deflate(Some(&safari(broken))), "{broken}");
+        }
+        for fine in ["15.4", "15.10", "16.0", "14.1"] {
+            assert!(deflate(Some(&safari(fine))), "{fine}");
+        }
+        assert!(deflate(None));
+        assert!(deflate(Some(
+            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36"
+        )));
     }
 
     #[test]
