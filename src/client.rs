@@ -31,7 +31,6 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -39,9 +38,6 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use futures_util::stream::{SplitStream, Stream, StreamExt};
 use futures_util::{Sink, SinkExt};
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
-use rustls::{ClientConfig, RootCertStore};
 use serde_json::Value;
 use serde_json::value::RawValue;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
@@ -479,45 +475,16 @@ async fn connect(args: &ClientArgs) -> Result<(Ws, String, String), ClientError>
     }
 }
 
-/// The TLS connector for a `wss://` URL: TLS 1.3 and 1.2 with roomcast's
-/// crypto provider, ALPN `http/1.1` (a WebSocket upgrade needs HTTP/1.1),
-/// trusting the system's CA store plus the certificates in `ca_cert`.
+/// The TLS connector for a `wss://` URL (see [`crate::tls::client_config`]).
 fn tls_connector(ca_cert: Option<&Path>, url: &str) -> Result<TlsConnector, ClientError> {
-    let mut roots = RootCertStore::empty();
-    // Unreadable or unparsable system certificates are skipped: one bad
-    // file in /etc/ssl/certs must not stop every connection.
-    let system = rustls_native_certs::load_native_certs();
-    roots.add_parsable_certificates(system.certs);
-    if let Some(path) = ca_cert {
-        let bad = |e: String| ClientError::Usage(format!("--ca-cert {}: {e}", path.display()));
-        let pem = std::fs::read(path).map_err(|e| bad(format!("cannot read: {e}")))?;
-        let certs = CertificateDer::pem_slice_iter(&pem)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| bad(format!("bad PEM: {e}")))?;
-        if certs.is_empty() {
-            return Err(bad("no CERTIFICATE block in the PEM file".into()));
-        }
-        for cert in certs {
-            roots
-                .add(cert)
-                .map_err(|e| bad(format!("unusable certificate: {e}")))?;
-        }
-    }
-    if roots.is_empty() {
-        return Err(ClientError::Connect {
+    match crate::tls::client_config(ca_cert) {
+        Ok(config) => Ok(TlsConnector::from(config)),
+        Err(e @ crate::tls::ClientTlsError::CaCert { .. }) => Err(ClientError::Usage(e.to_string())),
+        Err(e @ crate::tls::ClientTlsError::NoRoots) => Err(ClientError::Connect {
             url: url.to_owned(),
-            reason: "no trusted CA certificates: none in the system's store \
-                     (SSL_CERT_FILE / SSL_CERT_DIR) and no --ca-cert"
-                .into(),
-        });
+            reason: e.to_string(),
+        }),
     }
-    let mut config = ClientConfig::builder_with_provider(crate::tls::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| ClientError::Usage(format!("TLS configuration: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsConnector::from(Arc::new(config)))
 }
 
 /// Map a failed WebSocket connect to exit 1 (bad URL) or 2 (unreachable,

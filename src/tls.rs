@@ -110,6 +110,63 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     })
 }
 
+/// Why a client TLS configuration cannot be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientTlsError {
+    /// The `--ca-cert` file is unusable.
+    #[error("--ca-cert {path}: {message}")]
+    CaCert {
+        /// The file.
+        path: String,
+        /// Why.
+        message: String,
+    },
+    /// No certificate to trust at all.
+    #[error(
+        "no trusted CA certificates: none in the system's store (SSL_CERT_FILE / SSL_CERT_DIR) and no --ca-cert"
+    )]
+    NoRoots,
+}
+
+/// The TLS configuration of roomcast's own clients (`roomcast client`,
+/// `roomcast bench`) for `wss://`: TLS 1.3 and 1.2 with the server's crypto
+/// provider, ALPN `http/1.1` (a WebSocket upgrade needs HTTP/1.1), trusting
+/// the system's CA store plus the certificates in `ca_cert`.
+pub fn client_config(ca_cert: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, ClientTlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    // Unreadable or unparsable system certificates are skipped: one bad
+    // file in /etc/ssl/certs must not stop every connection.
+    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    if let Some(path) = ca_cert {
+        let bad = |message: String| ClientTlsError::CaCert {
+            path: path.display().to_string(),
+            message,
+        };
+        let pem = std::fs::read(path).map_err(|e| bad(format!("cannot read: {e}")))?;
+        let certs = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(format!("bad PEM: {e}")))?;
+        if certs.is_empty() {
+            return Err(bad("no CERTIFICATE block in the PEM file".into()));
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| bad(format!("unusable certificate: {e}")))?;
+        }
+    }
+    if roots.is_empty() {
+        return Err(ClientTlsError::NoRoots);
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .expect("the provider supports TLS 1.3 and 1.2")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// The listener's TLS state: where the certificate comes from and the
 /// acceptor new connections use.
 #[derive(Debug)]

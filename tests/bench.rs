@@ -244,3 +244,70 @@ fn bad_options_fail_clearly() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("ConnectionRefused"));
 }
+
+#[test]
+fn wss_fanout_and_echo_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let tls_args = [
+        format!("--server-arg=--tls-cert={}", cert_path.display()),
+        format!("--server-arg=--tls-key={}", key_path.display()),
+        format!("--ca-cert={}", cert_path.display()),
+        "--url=wss://127.0.0.1/ws".to_owned(),
+    ];
+    let args = |rest: &[&str]| -> Vec<String> {
+        tls_args
+            .iter()
+            .cloned()
+            .chain(rest.iter().map(|s| s.to_string()))
+            .collect()
+    };
+    let run = |a: &[String]| bench(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let r = run(&args(&[
+        "--deflate",
+        "fanout",
+        "-c",
+        "20",
+        "-r",
+        "100",
+        "-d",
+        "1s",
+        "-s",
+        "1024",
+        "--fill",
+        "words",
+        "--subscriber-threads",
+        "0",
+    ]));
+    let acked = num(&r, "acked");
+    assert!(acked >= 50.0, "{r}");
+    assert_eq!(num(&r, "received"), acked * 20.0, "{r}");
+    assert_eq!(num(&r, "lost") + num(&r, "out_of_order"), 0.0, "{r}");
+    let r = run(&args(&["echo", "-c", "4", "-d", "1s"]));
+    assert!(num(&r, "round_trips") > 0.0, "{r}");
+    // The epoll reader takes plain TCP only: a clear refusal, not a hang.
+    let out = Command::new(env!("CARGO_BIN_EXE_roomcast"))
+        .args(["bench", "--spawn", "--json"])
+        .args(&tls_args)
+        .args(["fanout", "-c", "2", "-d", "1s"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--subscriber-threads 0"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Without the CA the certificate is refused.
+    let out = Command::new(env!("CARGO_BIN_EXE_roomcast"))
+        .args(["bench", "--spawn", "--json"])
+        .args(&tls_args[..2])
+        .args(["--url=wss://127.0.0.1/ws", "echo", "-c", "1", "-d", "1s"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+}

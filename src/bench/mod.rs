@@ -41,7 +41,6 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::Value;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -66,9 +65,15 @@ pub struct BenchArgs {
 /// Options shared by every scenario.
 #[derive(Debug, Clone, Args)]
 pub struct Common {
-    /// The server's WebSocket endpoint (ws:// only).
+    /// The server's WebSocket endpoint, ws:// or wss:// (TLS dominates
+    /// what is measured: compare TLS runs with TLS runs). With --spawn
+    /// and wss://, pass the server its certificate with --server-arg.
     #[arg(long, global = true, default_value = "ws://127.0.0.1:8080/ws")]
     pub url: String,
+    /// With wss://, also trust the CA certificates in this PEM file (a
+    /// private or self-signed CA); the system's store is always trusted.
+    #[arg(long, global = true, value_name = "PEM")]
+    pub ca_cert: Option<std::path::PathBuf>,
     /// Process id of the server, for its CPU time and memory.
     #[arg(long, global = true, value_name = "PID", conflicts_with = "spawn")]
     pub server_pid: Option<u32>,
@@ -182,6 +187,11 @@ impl Server {
     pub fn start(common: &Common) -> anyhow::Result<Self> {
         let mut target = Target::parse(&common.url)?;
         target.deflate = common.deflate;
+        if target.secure {
+            target.tls = Some(crate::tls::client_config(common.ca_cert.as_deref())?);
+        } else if common.ca_cert.is_some() {
+            anyhow::bail!("--ca-cert is for wss:// URLs");
+        }
         if !common.spawn {
             return Ok(Self {
                 spawned: None,
@@ -292,7 +302,7 @@ impl Ctx {
 }
 
 /// One open connection.
-pub type Conn = (Reader<OwnedReadHalf>, Writer<OwnedWriteHalf>);
+pub type Conn = (Reader<wire::ReadHalf>, Writer<wire::WriteHalf>);
 
 /// The result of opening many connections.
 pub struct Opened {

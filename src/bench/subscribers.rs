@@ -20,7 +20,7 @@ use anyhow::Context as _;
 
 use super::Conn;
 use super::delivery::{Local, Received};
-use super::wire::{Frame, Inflate, Parsed, masked_frame, parse};
+use super::wire::{Frame, Inflate, Parsed, ReadHalf, WriteHalf, masked_frame, parse};
 
 /// Bytes read at a time.
 const SCRATCH: usize = 64 * 1024;
@@ -45,8 +45,13 @@ impl Subscribers {
         for (i, (r, w)) in conns.into_iter().enumerate() {
             let deflate = r.deflate();
             let (read_half, pending) = r.into_parts();
+            let (ReadHalf::Tcp(read_half), WriteHalf::Tcp(write_half)) = (read_half, w.into_inner()) else {
+                anyhow::bail!(
+                    "the epoll subscriber threads read plain TCP only: for wss:// use --subscriber-threads 0"
+                );
+            };
             let stream = read_half
-                .reunite(w.into_inner())
+                .reunite(write_half)
                 .context("reuniting a subscriber's halves")?
                 .into_std()
                 .context("taking a subscriber out of the runtime")?;

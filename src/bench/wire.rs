@@ -17,12 +17,16 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 
 use anyhow::{Context as _, bail};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpSocket, TcpStream};
+use tokio_rustls::client::TlsStream;
 
 use crate::ws::handshake::accept_key;
 
@@ -33,9 +37,15 @@ const READ_BUF: usize = 4096;
 /// Longest handshake response we accept.
 const MAX_RESPONSE: usize = 16 * 1024;
 
-/// Where to connect: a `ws://host:port/path` URL, resolved once.
+/// Where to connect: a `ws://` or `wss://host:port/path` URL, resolved
+/// once.
 #[derive(Debug, Clone)]
 pub struct Target {
+    /// `wss://`: connect with TLS, with this configuration (set by the
+    /// caller from `--ca-cert`; `None` for `ws://`).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// The URL said `wss://`.
+    pub secure: bool,
     /// The server's socket address.
     pub addr: SocketAddr,
     /// The `Host` header.
@@ -48,11 +58,13 @@ pub struct Target {
 }
 
 impl Target {
-    /// Parse a `ws://` URL (`wss://` is not supported by the load tool:
-    /// measure TLS separately, it would dominate every number here).
+    /// Parse a `ws://` or `wss://` URL (TLS costs more than everything
+    /// else measured here: compare TLS runs with TLS runs).
     pub fn parse(url: &str) -> anyhow::Result<Self> {
-        let Some(rest) = url.strip_prefix("ws://") else {
-            bail!("--url must start with ws:// (got {url:?})");
+        let (rest, secure) = match (url.strip_prefix("ws://"), url.strip_prefix("wss://")) {
+            (Some(rest), _) => (rest, false),
+            (_, Some(rest)) => (rest, true),
+            _ => bail!("--url must start with ws:// or wss:// (got {url:?})"),
         };
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
@@ -67,7 +79,7 @@ impl Target {
         {
             authority.to_string()
         } else {
-            format!("{authority}:80")
+            format!("{authority}:{}", if secure { 443 } else { 80 })
         };
         let addr = with_port
             .to_socket_addrs()
@@ -75,6 +87,8 @@ impl Target {
             .next()
             .with_context(|| format!("{authority:?} resolves to no address"))?;
         Ok(Self {
+            tls: None,
+            secure,
             addr,
             host: authority.to_string(),
             path: path.to_string(),
@@ -159,11 +173,62 @@ impl ConnectError {
     }
 }
 
-/// Open a TCP connection from the next source address and upgrade it.
+/// The reading half of a connection: plain TCP or TLS.
+#[derive(Debug)]
+pub enum ReadHalf {
+    /// `ws://`.
+    Tcp(OwnedReadHalf),
+    /// `wss://`.
+    Tls(tokio::io::ReadHalf<TlsStream<TcpStream>>),
+}
+
+/// The writing half of a connection: plain TCP or TLS.
+#[derive(Debug)]
+pub enum WriteHalf {
+    /// `ws://`.
+    Tcp(OwnedWriteHalf),
+    /// `wss://`.
+    Tls(tokio::io::WriteHalf<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for ReadHalf {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(r) => Pin::new(r).poll_read(cx, buf),
+            Self::Tls(r) => Pin::new(r).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for WriteHalf {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Tcp(w) => Pin::new(w).poll_write(cx, buf),
+            Self::Tls(w) => Pin::new(w).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(w) => Pin::new(w).poll_flush(cx),
+            Self::Tls(w) => Pin::new(w).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(w) => Pin::new(w).poll_shutdown(cx),
+            Self::Tls(w) => Pin::new(w).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Open a TCP connection from the next source address, start TLS for
+/// `wss://`, and upgrade it.
 pub async fn connect(
     target: &Target,
     sources: &Sources,
-) -> Result<(Reader<OwnedReadHalf>, Writer<OwnedWriteHalf>), ConnectError> {
+) -> Result<(Reader<ReadHalf>, Writer<WriteHalf>), ConnectError> {
     let socket = match target.addr {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
         SocketAddr::V6(_) => TcpSocket::new_v6()?,
@@ -173,8 +238,28 @@ pub async fn connect(
     }
     let mut stream = socket.connect(target.addr).await?;
     stream.set_nodelay(true)?;
-    let (leftover, deflate) = handshake(&mut stream, target).await?;
-    let (r, w) = stream.into_split();
+    let (leftover, deflate, r, w) = match &target.tls {
+        None => {
+            let (leftover, deflate) = handshake(&mut stream, target).await?;
+            let (r, w) = stream.into_split();
+            (leftover, deflate, ReadHalf::Tcp(r), WriteHalf::Tcp(w))
+        }
+        Some(config) => {
+            let host = target
+                .host
+                .rsplit_once(':')
+                .filter(|(_, port)| port.parse::<u16>().is_ok())
+                .map_or(target.host.as_str(), |(h, _)| h);
+            let name = rustls::pki_types::ServerName::try_from(host.trim_matches(['[', ']']).to_owned())
+                .map_err(|_| ConnectError::Handshake("the host is not a valid TLS server name"))?;
+            let mut tls = tokio_rustls::TlsConnector::from(config.clone())
+                .connect(name, stream)
+                .await?;
+            let (leftover, deflate) = handshake(&mut tls, target).await?;
+            let (r, w) = tokio::io::split(tls);
+            (leftover, deflate, ReadHalf::Tls(r), WriteHalf::Tls(w))
+        }
+    };
     let mut reader = Reader::new(r);
     reader.inflate = deflate.then(Inflate::default);
     reader.buf[..leftover.len()].copy_from_slice(&leftover);
@@ -190,7 +275,10 @@ pub fn masked_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8], rng: &mut fas
 
 /// Send the upgrade request, check the `101`; returns bytes read past it
 /// and whether permessage-deflate was agreed.
-async fn handshake(stream: &mut TcpStream, target: &Target) -> Result<(Vec<u8>, bool), ConnectError> {
+async fn handshake(
+    stream: &mut (impl AsyncRead + AsyncWrite + Unpin),
+    target: &Target,
+) -> Result<(Vec<u8>, bool), ConnectError> {
     // No client_max_window_bits: the load tool never compresses, and the
     // server then keeps no inflater for it.
     let offer = if target.deflate {
@@ -627,7 +715,13 @@ mod tests {
         assert_eq!(t.path, "/ws?x=1");
         assert_eq!(Target::parse("ws://127.0.0.1:9000").unwrap().path, "/ws");
         assert!(Target::parse("http://127.0.0.1/ws").is_err());
-        assert!(Target::parse("wss://127.0.0.1/ws").is_err());
+        let t = Target::parse("wss://127.0.0.1/ws").unwrap();
+        assert!(
+            t.secure && t.tls.is_none(),
+            "the caller adds the TLS configuration"
+        );
+        assert_eq!(t.addr.port(), 443);
+        assert!(Target::parse("wss:/x").is_err());
     }
 
     #[test]
