@@ -11,16 +11,11 @@ use libfuzzer_sys::fuzz_target;
 use roomcast::protocol::{self, Data, Request};
 use serde_json::value::RawValue;
 
-/// The top-level fields of a server frame's JSON object, as raw JSON text.
-/// (Raw, not `serde_json::Value`: an id like `1e999` is valid JSON that the
-/// server echoes verbatim, but `Value` cannot hold it.)
-fn frame_fields(frame: &[u8]) -> HashMap<String, String> {
-    let at = match frame[1] {
-        126 => 4,
-        127 => 10,
-        _ => 2,
-    };
-    let text = std::str::from_utf8(&frame[at..]).expect("server frames are UTF-8");
+/// The top-level fields of a server message's JSON object, as raw JSON
+/// text. (Raw, not `serde_json::Value`: an id like `1e999` is valid JSON
+/// that the server echoes verbatim, but `Value` cannot hold it.)
+fn frame_fields(payload: &[u8]) -> HashMap<String, String> {
+    let text = std::str::from_utf8(payload).expect("server messages are UTF-8");
     let fields: HashMap<String, &RawValue> =
         serde_json::from_str(text).expect("server frames carry a JSON object");
     fields.into_iter().map(|(k, v)| (k, v.get().to_owned())).collect()
