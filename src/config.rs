@@ -82,6 +82,13 @@ pub struct Config {
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
 
+    /// Close a connection as a slow consumer (4001) when its outbound
+    /// backlog has made no write progress for this long, whatever the
+    /// client sends meanwhile (0s: never).
+    #[arg(long, env = "ROOMCAST_WRITE_TIMEOUT", value_name = "DUR", default_value = "20s", value_parser = parse_duration)]
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+
     /// Outbound queue limit per connection, in frames.
     #[arg(
         long,
@@ -291,6 +298,7 @@ impl Default for Config {
             max_message_size: 64 * 1024,
             ping_interval: Duration::from_secs(25),
             idle_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(20),
             queue_messages: 1024,
             queue_bytes: 1024 * 1024,
             flushers: None,
@@ -492,6 +500,7 @@ impl Config {
         for (key, d) in [
             ("ping_interval", self.ping_interval),
             ("idle_timeout", self.idle_timeout),
+            ("write_timeout", self.write_timeout),
             ("drain_timeout", self.drain_timeout),
             ("handshake_timeout", self.handshake_timeout),
         ] {
@@ -609,6 +618,11 @@ impl Config {
     /// Burst of the per-connection message rate.
     pub fn message_burst(&self) -> u32 {
         self.message_burst.unwrap_or(self.message_rate)
+    }
+
+    /// The write timeout, `None` when off.
+    pub fn write_stall(&self) -> Option<Duration> {
+        (!self.write_timeout.is_zero()).then_some(self.write_timeout)
     }
 
     /// The idle timeout, `None` when off.

@@ -44,6 +44,10 @@ pub enum Incoming {
     CloseRequested(Disconnect),
     /// The timer set with [`Conn::set_timer`] fired.
     Timer,
+    /// A write found the socket full: the backlog is stalled from
+    /// [`Conn::stalled_since`] until the client takes bytes again (reported
+    /// once per stall, so the session can arm its write timeout).
+    Stalled,
     /// The client closed TCP without a close handshake.
     Eof,
 }
@@ -82,8 +86,11 @@ pub struct Conn<S> {
     last_seen: Instant,
     /// A Close frame has been taken into the batch: nothing may follow it.
     close_queued: bool,
-    /// The last write attempt found the socket full.
-    write_blocked: bool,
+    /// Since when the socket has been full: set when a write would block,
+    /// cleared when the socket takes bytes again.
+    stalled_since: Option<Instant>,
+    /// [`Incoming::Stalled`] was handed out for the current stall.
+    stall_reported: bool,
     timer: Option<Pin<Box<Sleep>>>,
     metrics: Arc<Metrics>,
     /// How the batch's first frame counts in the metrics, noted before any
@@ -129,7 +136,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             read_eof: false,
             last_seen: Instant::now(),
             close_queued: false,
-            write_blocked: false,
+            stalled_since: None,
+            stall_reported: false,
             timer: None,
             metrics,
             head_kind: None,
@@ -156,6 +164,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// When the client last read or sent anything (for the idle timeout).
     pub fn last_seen(&self) -> Instant {
         self.last_seen
+    }
+
+    /// Since when the outbound backlog has made no write progress (the
+    /// socket is full), if it is stalled now.
+    pub fn stalled_since(&self) -> Option<Instant> {
+        self.stalled_since
     }
 
     /// Fire [`Incoming::Timer`] at `deadline`.
@@ -201,6 +215,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
         if let Poll::Ready(Err(e)) = self.poll_write_out(cx) {
             return Poll::Ready(Err(e.into()));
+        }
+        if self.stalled_since.is_some() && !self.stall_reported {
+            self.stall_reported = true;
+            return Poll::Ready(Ok(Incoming::Stalled));
         }
         if let Some(ev) = self.events.pop_front() {
             return Poll::Ready(Ok(Incoming::Event(ev)));
@@ -319,7 +337,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             let written = match Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..n]) {
                 Poll::Ready(r) => r?,
                 Poll::Pending => {
-                    self.write_blocked = true;
+                    if self.stalled_since.is_none() {
+                        self.stalled_since = Some(Instant::now());
+                        self.stall_reported = false;
+                    }
                     return Poll::Pending;
                 }
             };
@@ -365,12 +386,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     fn advance(&mut self, n: usize) {
         let tally = advance(&mut self.batch, &mut self.head_kind, n);
         self.outbox.written(tally.frames as usize, n);
-        if self.write_blocked {
+        if self.stalled_since.take().is_some() {
             // The socket was full and took bytes again: the client's TCP
             // window opened, so the client is reading. (A write into a
             // socket that never filled proves nothing: the kernel takes it
             // whether or not anyone is there.)
-            self.write_blocked = false;
             self.last_seen = Instant::now();
         }
         self.metrics.record_written(&tally);

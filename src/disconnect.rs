@@ -22,6 +22,10 @@ pub enum Disconnect {
     Protocol(ProtocolError),
     /// The outbound queue was full under the `disconnect` policy (4001).
     SlowConsumer,
+    /// The outbound backlog made no write progress for the write timeout,
+    /// whatever the client sent meanwhile (4001, counted as a slow
+    /// consumer).
+    WriteStalled,
     /// Nothing received for the idle timeout (4002).
     IdleTimeout,
     /// Kept sending faster than the message rate (1008).
@@ -81,7 +85,7 @@ impl Disconnect {
             Self::ClientClosed(_) => 0,
             Self::Shutdown => 1,
             Self::Protocol(_) => 2,
-            Self::SlowConsumer => 3,
+            Self::SlowConsumer | Self::WriteStalled => 3,
             Self::IdleTimeout => 4,
             Self::Api(_) => 5,
             Self::SocketError => 6,
@@ -109,7 +113,7 @@ impl Disconnect {
             Self::ClientClosed(c) => c.unwrap_or(close::NORMAL),
             Self::Shutdown => close::GOING_AWAY,
             Self::Protocol(e) => e.close_code(),
-            Self::SlowConsumer => SLOW_CONSUMER,
+            Self::SlowConsumer | Self::WriteStalled => SLOW_CONSUMER,
             Self::IdleTimeout => IDLE_TIMEOUT,
             Self::RateLimited => close::POLICY_VIOLATION,
             Self::TokenExpired => TOKEN_EXPIRED,
@@ -127,6 +131,7 @@ impl Disconnect {
             Self::Protocol(e) if e.close_code() == close::INVALID_PAYLOAD => "invalid UTF-8",
             Self::Protocol(_) => "protocol error",
             Self::SlowConsumer => "slow consumer: outbound queue full",
+            Self::WriteStalled => "slow consumer: not reading",
             Self::IdleTimeout => "idle timeout",
             Self::RateLimited => "message rate exceeded",
             Self::TokenExpired => "token expired",
@@ -142,7 +147,15 @@ impl Disconnect {
     /// (replies to the messages that came before the violation) and API
     /// closes ("after what is already queued").
     pub fn flushes_queue(&self) -> bool {
-        !matches!(self, Self::SlowConsumer | Self::ClientClosed(_))
+        !matches!(
+            self,
+            Self::SlowConsumer | Self::WriteStalled | Self::ClientClosed(_)
+        )
+    }
+
+    /// Whether this counts as a slow-consumer disconnect in the metrics.
+    pub fn is_slow_consumer(&self) -> bool {
+        matches!(self, Self::SlowConsumer | Self::WriteStalled)
     }
 }
 
@@ -172,6 +185,8 @@ mod tests {
             assert_eq!(d.index(), i, "{d:?}");
         }
         assert_eq!(Disconnect::SlowConsumer.label(), "slow_consumer");
+        assert_eq!(Disconnect::WriteStalled.label(), "slow_consumer");
+        assert_eq!(Disconnect::WriteStalled.code(), SLOW_CONSUMER);
         assert_eq!(Disconnect::Protocol(ProtocolError::InvalidUtf8).code(), 1007);
         let api = Disconnect::Api(Box::new(ApiClose {
             code: 4100,

@@ -408,7 +408,8 @@ impl Metrics {
         let slow_consumer_disconnects = counter(
             r,
             "slow_consumer_disconnects",
-            "Connections told to close because their queue was full (disconnect policy)",
+            "Connections closed as slow consumers: their queue was full (disconnect policy), \
+             or their backlog made no write progress for the write timeout",
         );
         let refused = family1(
             r,
@@ -593,6 +594,12 @@ impl Metrics {
         }
         self.fanout_seconds
             .observe(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX));
+    }
+
+    /// A connection is closed because its backlog made no write progress
+    /// for the write timeout (a slow consumer, whatever the policy).
+    pub fn record_write_stalled(&self) {
+        self.slow_consumer_disconnects.inc();
     }
 
     /// One compression run took `input` payload bytes and gave `output`

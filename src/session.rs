@@ -199,6 +199,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     }
                 }
                 Incoming::CloseRequested(reason) => return Some(reason),
+                // The write timeout starts now: make sure the timer fires
+                // when it runs out.
+                Incoming::Stalled => self.arm_timer(),
                 Incoming::Timer => {
                     if let Some(reason) = self.heartbeat() {
                         return Some(reason);
@@ -431,11 +434,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         self.conn.finish(Instant::now() + wait, !client_started).await;
     }
 
-    /// Ping when due; close when the client has been silent too long.
+    /// Ping when due; close when the client has been silent too long, or
+    /// has not taken any of its backlog for the write timeout.
     fn heartbeat(&mut self) -> Option<Disconnect> {
         let now = Instant::now();
         if self.expires.is_some_and(|e| now >= e) {
             return Some(Disconnect::TokenExpired);
+        }
+        if self.stall_deadline().is_some_and(|d| now >= d) {
+            self.node.metrics.record_write_stalled();
+            return Some(Disconnect::WriteStalled);
         }
         if let Some(idle) = self.node.config.idle()
             && now >= self.conn.last_seen() + idle
@@ -452,9 +460,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         None
     }
 
+    /// When a stalled backlog runs out of write timeout, if it is stalled.
+    fn stall_deadline(&self) -> Option<Instant> {
+        let since = self.conn.stalled_since()?;
+        Some(since + self.node.config.write_stall()?)
+    }
+
     fn arm_timer(&mut self) {
         let idle = self.node.config.idle().map(|d| self.conn.last_seen() + d);
-        let deadline = [idle, self.next_ping, self.expires].into_iter().flatten().min();
+        let deadline = [idle, self.next_ping, self.expires, self.stall_deadline()]
+            .into_iter()
+            .flatten()
+            .min();
         if let Some(d) = deadline {
             self.conn.set_timer(d);
         }

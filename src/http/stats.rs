@@ -35,7 +35,8 @@ pub struct Snapshot {
     pub deliveries: u64,
     /// Deliveries dropped by the `drop` policy.
     pub dropped: u64,
-    /// Connections closed by the `disconnect` policy.
+    /// Connections closed as slow consumers: by the `disconnect` policy,
+    /// or by the write timeout.
     pub slow_consumer_disconnects: u64,
 }
 

@@ -471,6 +471,15 @@ impl RawClient {
     }
 }
 
+impl RawClient {
+    /// Split into the raw halves, for a client that reads at its own pace
+    /// (nothing after the handshake must have been read yet).
+    pub fn split_raw(self) -> (tokio::net::tcp::OwnedReadHalf, tokio::net::tcp::OwnedWriteHalf) {
+        assert!(self.buf.is_empty(), "bytes already read: {:?}", self.buf);
+        self.tcp.into_split()
+    }
+}
+
 impl<R: tokio::io::AsyncRead + Unpin> FrameReader<R> {
     /// The next frame, or `None` at EOF.
     pub async fn frame(&mut self) -> Option<RawFrame> {
