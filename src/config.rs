@@ -237,6 +237,22 @@ pub struct Config {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message_burst: Option<u32>,
 
+    /// Largest HTTP request head (request line and headers) in bytes;
+    /// a larger one gets 431.
+    #[arg(long, env = "ROOMCAST_MAX_HEADER_SIZE", value_name = "BYTES", default_value_t = 32 * 1024)]
+    pub max_header_size: usize,
+
+    /// Per-IP limits count an IPv6 client by this many leading bits of its
+    /// address (64: a /64, what one subscriber usually gets; 128: every
+    /// address on its own).
+    #[arg(
+        long,
+        env = "ROOMCAST_IPV6_PREFIX_LEN",
+        value_name = "BITS",
+        default_value_t = 64
+    )]
+    pub ipv6_prefix_len: u8,
+
     /// Time a client has to send its request headers (and finish TLS).
     #[arg(long, env = "ROOMCAST_HANDSHAKE_TIMEOUT", value_name = "DUR", default_value = "10s", value_parser = parse_duration)]
     #[serde(with = "humantime_serde")]
@@ -321,6 +337,8 @@ impl Default for Config {
             connect_rate_per_ip: 1000,
             message_rate: 1000,
             message_burst: None,
+            max_header_size: 32 * 1024,
+            ipv6_prefix_len: 64,
             handshake_timeout: Duration::from_secs(10),
             allowed_origin: Vec::new(),
             trusted_proxy: Vec::new(),
@@ -466,6 +484,11 @@ pub fn unknown_env_warning(names: &[String]) -> Option<String> {
 /// small enough that deadlines computed from it never overflow.
 const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 
+/// Bounds of `max_header_size`: hyper reads request heads into a buffer of
+/// at least 8 KiB; beyond 1 MiB a request head is an attack, not a cookie.
+const MIN_HEADER_SIZE: usize = 8 * 1024;
+const MAX_HEADER_SIZE: usize = 1 << 20;
+
 /// The default zlib level (see docs/configuration.md for the measurement
 /// behind it).
 pub const DEFAULT_COMPRESSION_LEVEL: u32 = 1;
@@ -517,6 +540,12 @@ impl Config {
             if !(origin.starts_with("http://") || origin.starts_with("https://")) {
                 return err("allowed_origin", "must look like https://host[:port]");
             }
+        }
+        if !(MIN_HEADER_SIZE..=MAX_HEADER_SIZE).contains(&self.max_header_size) {
+            return err("max_header_size", "must be between 8192 and 1048576 bytes");
+        }
+        if !(1..=128).contains(&self.ipv6_prefix_len) {
+            return err("ipv6_prefix_len", "must be between 1 and 128");
         }
         if self.handshake_timeout.is_zero() {
             return err("handshake_timeout", "must be more than 0s");
@@ -573,6 +602,7 @@ impl Config {
             connect_rate_per_ip: self.connect_rate_per_ip,
             allowed_origins: &self.allowed_origin,
             trusted_proxies: &self.trusted_proxy,
+            ipv6_prefix_len: self.ipv6_prefix_len,
         })
     }
 

@@ -6,6 +6,18 @@
 //! Everything here is checked before the WebSocket upgrade, so a refused
 //! client costs one small HTTP response and no session. A connection that
 //! is admitted holds a [`Permit`]; dropping it gives its slot back.
+//!
+//! Connections that have not upgraded yet (reading their request head,
+//! HTTP API calls, probes, keep-alive) are held to the same two caps, in a
+//! pool of their own counted by the TCP peer from the moment of accept
+//! ([`Limits::accept`]): a client that opens connections and never finishes
+//! its request holds at most `max_connections_per_ip` descriptors and
+//! request-head buffers. The peer is all that is known then, so a trusted
+//! proxy (which carries many clients) is held only to the global cap.
+//!
+//! IPv6 clients are counted per prefix (`ipv6_prefix_len`, a /64 by
+//! default): one subscriber usually gets a whole /64, and counting each
+//! address alone would give it 2^64 slots.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -80,17 +92,25 @@ pub struct Limits {
     /// Admitted connections, counted from admission (before the session
     /// registers) so that a burst of upgrades cannot overshoot the cap.
     open: AtomicUsize,
-    /// Open connections per client IP; an entry goes when its count is 0.
+    /// Open connections per client (see [`Limits::key`]); an entry goes
+    /// when its count is 0.
     per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Connections not (yet) upgraded, counted from accept.
+    http_open: AtomicUsize,
+    /// The same per TCP peer (trusted proxies not counted).
+    http_per_ip: Mutex<HashMap<IpAddr, usize>>,
     connect_rate: Option<DefaultKeyedRateLimiter<IpAddr>>,
     allowed_origins: Vec<String>,
     trusted_proxies: Vec<IpNet>,
+    /// The prefix that counts as one IPv6 client.
+    ipv6_prefix_len: u8,
 }
 
-/// One admitted connection's slot; dropping it frees the slot.
+/// One admitted WebSocket connection's slot; dropping it frees the slot.
 #[derive(Debug)]
 pub struct Permit {
     limits: Arc<Limits>,
+    /// The client's key in `per_ip`.
     ip: IpAddr,
 }
 
@@ -98,15 +118,49 @@ impl Drop for Permit {
     fn drop(&mut self) {
         self.limits.open.fetch_sub(1, Ordering::AcqRel);
         if self.limits.max_per_ip > 0 {
-            let mut map = self.limits.per_ip.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(n) = map.get_mut(&self.ip) {
-                *n -= 1;
-                if *n == 0 {
-                    map.remove(&self.ip);
-                }
-            }
+            release(&self.limits.per_ip, self.ip);
         }
     }
+}
+
+/// The slot of a connection that has not upgraded (yet), from accept until
+/// its HTTP part ends: it closes, or it upgrades and holds a [`Permit`].
+#[derive(Debug)]
+pub struct HttpPermit {
+    limits: Arc<Limits>,
+    /// The peer's key in `http_per_ip`; `None`: not counted per IP.
+    ip: Option<IpAddr>,
+}
+
+impl Drop for HttpPermit {
+    fn drop(&mut self) {
+        self.limits.http_open.fetch_sub(1, Ordering::AcqRel);
+        if let Some(ip) = self.ip {
+            release(&self.limits.http_per_ip, ip);
+        }
+    }
+}
+
+/// Take one from `key`'s count, removing the entry at 0.
+fn release(map: &Mutex<HashMap<IpAddr, usize>>, key: IpAddr) {
+    let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(n) = map.get_mut(&key) {
+        *n -= 1;
+        if *n == 0 {
+            map.remove(&key);
+        }
+    }
+}
+
+/// Add one to `key`'s count unless it is at `max`.
+fn reserve(map: &Mutex<HashMap<IpAddr, usize>>, key: IpAddr, max: usize) -> bool {
+    let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
+    let n = map.entry(key).or_insert(0);
+    if *n >= max {
+        return false;
+    }
+    *n += 1;
+    true
 }
 
 /// What [`Limits`] are built from (`Config::limits` fills it in).
@@ -123,6 +177,8 @@ pub struct Settings<'a> {
     /// Proxies whose `X-Forwarded-For` is believed, as CIDRs or addresses
     /// (ones that do not parse are ignored: validate them first).
     pub trusted_proxies: &'a [String],
+    /// Leading bits of an IPv6 address that identify one client (1..=128).
+    pub ipv6_prefix_len: u8,
 }
 
 impl Limits {
@@ -135,6 +191,8 @@ impl Limits {
             max_per_ip: settings.max_per_ip,
             open: AtomicUsize::new(0),
             per_ip: Mutex::new(HashMap::new()),
+            http_open: AtomicUsize::new(0),
+            http_per_ip: Mutex::new(HashMap::new()),
             connect_rate,
             allowed_origins: settings
                 .allowed_origins
@@ -146,7 +204,45 @@ impl Limits {
                 .iter()
                 .filter_map(|c| parse_cidr(c).ok())
                 .collect(),
+            ipv6_prefix_len: settings.ipv6_prefix_len.clamp(1, 128),
         }
+    }
+
+    /// What counts as one client for the per-IP limits: an IPv4 address,
+    /// or the first `ipv6_prefix_len` bits of an IPv6 one (the rest zero).
+    pub fn key(&self, ip: IpAddr) -> IpAddr {
+        match ip.to_canonical() {
+            IpAddr::V6(v6) => {
+                let bits = u128::from(v6);
+                let mask = u128::MAX << (128 - u32::from(self.ipv6_prefix_len));
+                IpAddr::V6((bits & mask).into())
+            }
+            v4 => v4,
+        }
+    }
+
+    /// Count a connection just accepted from `peer` until it upgrades or
+    /// closes, or refuse it: not-yet-upgraded connections are held to
+    /// `max_connections` in all and `max_connections_per_ip` per peer
+    /// (except trusted proxies, which carry many clients).
+    pub fn accept(self: &Arc<Self>, peer: IpAddr) -> Result<HttpPermit, Refusal> {
+        let open = self.http_open.fetch_add(1, Ordering::AcqRel);
+        if self.max_connections > 0 && open >= self.max_connections {
+            self.http_open.fetch_sub(1, Ordering::AcqRel);
+            return Err(Refusal::ServerFull);
+        }
+        let peer = peer.to_canonical();
+        let ip = (self.max_per_ip > 0 && !self.is_trusted(peer)).then(|| self.key(peer));
+        if let Some(ip) = ip
+            && !reserve(&self.http_per_ip, ip, self.max_per_ip)
+        {
+            self.http_open.fetch_sub(1, Ordering::AcqRel);
+            return Err(Refusal::TooManyFromIp);
+        }
+        Ok(HttpPermit {
+            limits: self.clone(),
+            ip,
+        })
     }
 
     /// The client's address: the TCP peer, or, when the peer is a trusted
@@ -202,8 +298,9 @@ impl Limits {
         }
     }
 
-    /// Admit a connection from `ip`, or say why not.
+    /// Admit a WebSocket connection from the client `ip`, or say why not.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Permit, Refusal> {
+        let ip = self.key(ip);
         if let Some(rl) = &self.connect_rate
             && let Err(not_until) = rl.check_key(&ip)
         {
@@ -215,15 +312,9 @@ impl Limits {
             self.open.fetch_sub(1, Ordering::AcqRel);
             return Err(Refusal::ServerFull);
         }
-        if self.max_per_ip > 0 {
-            let mut map = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
-            let n = map.entry(ip).or_insert(0);
-            if *n >= self.max_per_ip {
-                drop(map);
-                self.open.fetch_sub(1, Ordering::AcqRel);
-                return Err(Refusal::TooManyFromIp);
-            }
-            *n += 1;
+        if self.max_per_ip > 0 && !reserve(&self.per_ip, ip, self.max_per_ip) {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            return Err(Refusal::TooManyFromIp);
         }
         Ok(Permit {
             limits: self.clone(),
@@ -391,6 +482,43 @@ mod tests {
             none.client_ip(via_proxy, &h),
             "10.2.2.2".parse::<IpAddr>().unwrap()
         );
+    }
+
+    #[test]
+    fn ipv6_clients_are_keyed_by_prefix() {
+        let by64 = limits(|_| {});
+        let k = |l: &Limits, s: &str| l.key(s.parse().unwrap());
+        assert_eq!(k(&by64, "2001:db8:1:2:3:4:5:6"), k(&by64, "2001:db8:1:2::ffff"));
+        assert_ne!(k(&by64, "2001:db8:1:2::1"), k(&by64, "2001:db8:1:3::1"));
+        assert_eq!(
+            k(&by64, "::ffff:192.0.2.1"),
+            "192.0.2.1".parse::<IpAddr>().unwrap(),
+            "IPv4-mapped is IPv4, never masked"
+        );
+        let each = limits(|c| c.ipv6_prefix_len = 128);
+        assert_ne!(k(&each, "2001:db8::1"), k(&each, "2001:db8::2"));
+    }
+
+    #[test]
+    fn connections_not_upgraded_have_caps_of_their_own() {
+        let l = limits(|c| {
+            c.max_connections = 3;
+            c.max_connections_per_ip = 2;
+            c.trusted_proxy = vec!["10.9.9.9".into()];
+        });
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let proxy: IpAddr = "10.9.9.9".parse().unwrap();
+        let h1 = l.accept(a).unwrap();
+        let _h2 = l.accept(a).unwrap();
+        assert_eq!(l.accept(a).unwrap_err(), Refusal::TooManyFromIp);
+        // A trusted proxy is held to the global cap only.
+        let _h3 = l.accept(proxy).unwrap();
+        assert_eq!(l.accept(proxy).unwrap_err(), Refusal::ServerFull);
+        // Sessions are a pool of their own.
+        let _s = (l.admit(a).unwrap(), l.admit(a).unwrap());
+        drop(h1);
+        let _h4 = l.accept(a).unwrap();
+        assert_eq!(l.http_per_ip.lock().unwrap().len(), 1);
     }
 
     #[test]

@@ -34,6 +34,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
 use crate::disconnect::Disconnect;
+use crate::limits::HttpPermit;
 use crate::node::Node;
 use crate::tls::Tls;
 
@@ -230,32 +231,43 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
+                // Held until the connection closes or upgrades.
+                let permit = match node.limits.accept(peer.ip()) {
+                    Ok(p) => p,
+                    Err(refusal) => {
+                        node.metrics.record_refused(refusal);
+                        refuse(stream, refusal, tls.is_none());
+                        continue;
+                    }
+                };
                 if node.config.socket_send_buffer > 0 {
                     let _ =
                         socket2::SockRef::from(&stream).set_send_buffer_size(node.config.socket_send_buffer);
                 }
                 let _ = stream.set_nodelay(true);
-                let router = router.clone();
-                let timeout = node.config.handshake_timeout;
                 let draining = node.shutdown.is_cancelled();
                 let (tracker, token) = if draining {
                     (&late, drained.clone())
                 } else {
                     (&node.tracker, node.shutdown.clone())
                 };
-                let keep_alive = !draining;
+                let http = Http {
+                    router: router.clone(),
+                    peer,
+                    token,
+                    header_timeout: node.config.handshake_timeout,
+                    max_head: node.config.max_header_size,
+                    keep_alive: !draining,
+                    _permit: permit,
+                };
                 // Two task types, so a plain connection's future does not
                 // carry room for a TLS handshake.
                 match &tls {
                     None => {
-                        let io = TokioIo::new(stream);
-                        tracker.spawn(serve_http(io, peer, router, token, timeout, keep_alive));
+                        tracker.spawn(serve_http(TokioIo::new(stream), http));
                     }
                     Some(tls) => {
-                        let acceptor = tls.acceptor();
-                        tracker.spawn(serve_tls(
-                            acceptor, stream, peer, router, token, timeout, keep_alive,
-                        ));
+                        tracker.spawn(serve_tls(tls.acceptor(), stream, http));
                     }
                 }
             }
@@ -269,21 +281,45 @@ async fn accept_loop(
     }
 }
 
-/// Complete the TLS handshake within `timeout`, then serve HTTP over it.
-/// A client that fails the handshake (a plain HTTP request, an unknown CA,
-/// no common version) or never finishes it is dropped.
-async fn serve_tls(
-    acceptor: TlsAcceptor,
-    stream: TcpStream,
-    peer: SocketAddr,
+/// Refuse a connection at accept, before reading anything: a plain one
+/// gets the JSON answer if its socket takes it at once (a fresh socket's
+/// buffer does), a TLS one is just closed (answering would need the TLS
+/// handshake the refusal is meant to save).
+fn refuse(stream: TcpStream, refusal: crate::limits::Refusal, plain: bool) {
+    if plain {
+        let _ = stream.try_write(&crate::http::upgrade::early_refusal(refusal));
+    }
+    debug!(
+        reason = refusal.as_str(),
+        "connection refused at accept, before its request was read"
+    );
+}
+
+/// One HTTP connection's settings, and its slot in the limits for
+/// connections that have not upgraded.
+struct Http {
     router: axum::Router,
+    peer: SocketAddr,
+    /// Cancelled when the connection is to close (shutdown, or the end of
+    /// the drain for connections accepted during it).
     token: CancellationToken,
-    timeout: Duration,
+    /// Bounds the wait for request headers (and the TLS handshake).
+    header_timeout: Duration,
+    /// Most bytes of a request head; more gets 431.
+    max_head: usize,
+    /// Without it the connection closes after one response.
     keep_alive: bool,
-) {
-    let handshake = tokio::time::timeout(timeout, acceptor.accept(stream));
+    _permit: HttpPermit,
+}
+
+/// Complete the TLS handshake within the header timeout, then serve HTTP
+/// over it. A client that fails the handshake (a plain HTTP request, an
+/// unknown CA, no common version) or never finishes it is dropped.
+async fn serve_tls(acceptor: TlsAcceptor, stream: TcpStream, http: Http) {
+    let peer = http.peer;
+    let handshake = tokio::time::timeout(http.header_timeout, acceptor.accept(stream));
     let stream = tokio::select! {
-        _ = token.cancelled() => return,
+        _ = http.token.cancelled() => return,
         r = handshake => match r {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
@@ -296,24 +332,26 @@ async fn serve_tls(
             }
         },
     };
-    serve_http(TokioIo::new(stream), peer, router, token, timeout, keep_alive).await;
+    serve_http(TokioIo::new(stream), http).await;
 }
 
-/// Serve HTTP/1.1 on one connection until it ends, is upgraded, or
-/// `token` is cancelled (then an idle connection closes and one with a
-/// request in flight closes after answering it). `header_timeout` bounds
-/// the wait for request headers. Without `keep_alive` the connection
-/// closes after one response (`Connection: close`).
-async fn serve_http<S>(
-    io: TokioIo<S>,
-    peer: SocketAddr,
-    router: axum::Router,
-    token: CancellationToken,
-    header_timeout: Duration,
-    keep_alive: bool,
-) where
+/// Serve HTTP/1.1 on one connection until it ends, is upgraded, or its
+/// token is cancelled (then an idle connection closes and one with a
+/// request in flight closes after answering it). The connection's slot for
+/// not-yet-upgraded connections is given back when this returns.
+async fn serve_http<S>(io: TokioIo<S>, http: Http)
+where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
+    let Http {
+        router,
+        peer,
+        token,
+        header_timeout,
+        max_head,
+        keep_alive,
+        _permit,
+    } = http;
     let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         // The API's loopback rule needs the peer address.
         req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
@@ -322,6 +360,7 @@ async fn serve_http<S>(
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
+        .max_buf_size(max_head)
         .keep_alive(keep_alive)
         .serve_connection(io, service)
         .with_upgrades();

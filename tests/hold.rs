@@ -11,6 +11,7 @@
 
 mod common;
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
@@ -19,6 +20,7 @@ use roomcast::ws::decoder::client_frame;
 use roomcast::ws::frame::{OP_BINARY, OP_PING};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
 
 const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -164,4 +166,251 @@ async fn a_member_that_reads_slowly_but_steadily_stays() {
     assert_eq!(server.stats().slow_consumer_disconnects, 0);
     assert_eq!(server.stats().connections, 1);
     server.stop().await;
+}
+
+/// Read what the server sends until it closes (or `STEP` passes).
+async fn read_to_close(tcp: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(STEP, tcp.read_to_end(&mut out))
+        .await
+        .expect("the server closes the connection in time");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A request head that never ends: `n` bytes of one header, no blank line.
+async fn unfinished_request(addr: SocketAddr, n: usize) -> TcpStream {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "GET /healthz HTTP/1.1\r\nHost: {addr}\r\nX-Filler: {}",
+        "a".repeat(n)
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp
+}
+
+#[tokio::test]
+async fn a_request_head_above_the_cap_gets_431_at_once() {
+    let server = start(Config {
+        // Far beyond the test: only the cap may end these requests.
+        handshake_timeout: Duration::from_secs(60),
+        ..config()
+    })
+    .await;
+    let addr = server.addr;
+    let under = "b".repeat(20_000);
+    let (status, body) = http_get(addr, "/healthz", &[("X-Filler", &under)]).await;
+    assert_eq!(status, 200, "{body}");
+    let over = "c".repeat(40_000);
+    let (status, body) = http_get(addr, "/healthz", &[("X-Filler", &over)]).await;
+    assert_eq!(status, 431, "{body}");
+    // A head that keeps coming and never ends: answered as soon as it
+    // passes the cap, not at the handshake timeout.
+    let mut tcp = unfinished_request(addr, 400_000).await;
+    let answer = read_to_close(&mut tcp).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn connections_that_have_not_upgraded_are_held_to_the_caps() {
+    let server = start(Config {
+        max_connections: 10,
+        max_connections_per_ip: 5,
+        handshake_timeout: Duration::from_secs(60),
+        ..config()
+    })
+    .await;
+    let addr = server.addr;
+    // Five connections stuck in their request heads: this address's share.
+    let mut stuck = Vec::new();
+    for _ in 0..5 {
+        stuck.push(unfinished_request(addr, 1000).await);
+    }
+    // The sixth is refused at once with the JSON answer, unread.
+    let mut sixth = TcpStream::connect(addr).await.unwrap();
+    let answer = read_to_close(&mut sixth).await;
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+    assert!(answer.contains("retry-after: 5"), "{answer}");
+    assert!(
+        answer.ends_with(
+            r#"{"error":{"code":"too_many_connections_from_ip","message":"too many connections from this address"}}"#
+        ),
+        "{answer}"
+    );
+    // One gives up: its slot comes back.
+    drop(stuck.pop());
+    let deadline = tokio::time::Instant::now() + STEP;
+    loop {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        let req = format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        let _ = tcp.write_all(req.as_bytes()).await;
+        let answer = read_to_close(&mut tcp).await;
+        if answer.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(
+            answer.is_empty() || answer.starts_with("HTTP/1.1 429"),
+            "{answer}"
+        );
+        assert!(tokio::time::Instant::now() < deadline, "the slot never came back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(stuck);
+    let (_, metrics) = http_get(addr, "/metrics", &[]).await;
+    assert!(
+        metrics.contains("roomcast_connections_refused_total{reason=\"too_many_connections_from_ip\"} 1"),
+        "{metrics}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn upgraded_connections_leave_the_pool_of_connections_not_upgraded() {
+    let server = start(Config {
+        max_connections: 5,
+        max_connections_per_ip: 5,
+        connect_rate_per_ip: 0,
+        ..config()
+    })
+    .await;
+    // Five sessions: every slot of this address, and of the server.
+    let mut sessions = Vec::new();
+    for _ in 0..5 {
+        sessions.push(connect(&server).await.0);
+    }
+    // Probes and API calls are still served: the sessions hold no slot of
+    // connections that have not upgraded.
+    let (status, body) = http_get(server.addr, "/readyz", &[]).await;
+    assert_eq!(status, 200, "{body}");
+    // The sixth upgrade is refused by the session caps as before.
+    let refused = tokio_tungstenite::connect_async(server.url("/ws")).await;
+    assert!(refused.is_err(), "a sixth session was admitted");
+    // The global cap applies to connections not upgraded too.
+    let mut stuck = Vec::new();
+    for _ in 0..5 {
+        stuck.push(unfinished_request(server.addr, 10).await);
+    }
+    let mut sixth = TcpStream::connect(server.addr).await.unwrap();
+    let answer = read_to_close(&mut sixth).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains(r#""code":"server_full""#), "{answer}");
+    drop(sessions);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_upgrade_with_a_body_is_refused() {
+    let server = start(config()).await;
+    for extra in ["Content-Length: 100000\r\n", "Transfer-Encoding: chunked\r\n"] {
+        let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+        let req = upgrade_request(server.addr, "/ws").replace("\r\n\r\n", &format!("\r\n{extra}\r\n"));
+        tcp.write_all(req.as_bytes()).await.unwrap();
+        // What would have been swallowed as body, or taken for frames.
+        tcp.write_all(&[0x81, 0x85, 1, 2, 3, 4]).await.unwrap();
+        let head = response_head(&mut tcp).await;
+        assert!(head.starts_with("HTTP/1.1 400"), "{extra}: {head}");
+    }
+    // Content-Length: 0 is no body.
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    let req = upgrade_request(server.addr, "/ws").replace("\r\n\r\n", "\r\nContent-Length: 0\r\n\r\n");
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let head = response_head(&mut tcp).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_needs_exactly_one_valid_host() {
+    let server = start(config()).await;
+    let addr = server.addr;
+    let ask = |req: String| async move {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(req.as_bytes()).await.unwrap();
+        read_to_close(&mut tcp).await
+    };
+    let none = ask("GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n".into()).await;
+    assert!(none.starts_with("HTTP/1.1 400"), "{none}");
+    assert!(none.contains(r#""code":"bad_host""#), "{none}");
+    let two = ask(format!(
+        "GET /healthz HTTP/1.1\r\nHost: {addr}\r\nHost: evil.example\r\nConnection: close\r\n\r\n"
+    ))
+    .await;
+    assert!(two.starts_with("HTTP/1.1 400"), "{two}");
+    let bad = ask("GET /healthz HTTP/1.1\r\nHost: a b\r\nConnection: close\r\n\r\n".into()).await;
+    assert!(bad.starts_with("HTTP/1.1 400"), "{bad}");
+    // Upgrades and the API are behind the same rule.
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let req = upgrade_request(addr, "/ws").replace(&format!("Host: {addr}\r\n"), "");
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let ws = response_head(&mut tcp).await;
+    assert!(ws.starts_with("HTTP/1.1 400"), "{ws}");
+    // HTTP/1.0 has no Host requirement; one good Host is served.
+    let old = ask("GET /healthz HTTP/1.0\r\n\r\n".into()).await;
+    assert!(
+        old.starts_with("HTTP/1.1 200") || old.starts_with("HTTP/1.0 200"),
+        "{old}"
+    );
+    let good = ask(format!(
+        "GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    ))
+    .await;
+    assert!(good.starts_with("HTTP/1.1 200"), "{good}");
+    server.stop().await;
+}
+
+/// Upgrade to `/ws` through a trusted proxy (this test, on loopback) on
+/// behalf of `client`; returns the response head.
+async fn upgrade_as(addr: SocketAddr, client: &str) -> (String, TcpStream) {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let req =
+        upgrade_request(addr, "/ws").replace("\r\n\r\n", &format!("\r\nX-Forwarded-For: {client}\r\n\r\n"));
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    (response_head(&mut tcp).await, tcp)
+}
+
+#[tokio::test]
+async fn ipv6_clients_are_counted_per_prefix() {
+    for (prefix, same_prefix_admitted) in [(64, false), (128, true)] {
+        let server = start(Config {
+            trusted_proxy: vec!["127.0.0.1".into()],
+            max_connections_per_ip: 1,
+            connect_rate_per_ip: 0,
+            ipv6_prefix_len: prefix,
+            ..config()
+        })
+        .await;
+        let (first, _a) = upgrade_as(server.addr, "2001:db8:0:7::1").await;
+        assert!(first.starts_with("HTTP/1.1 101"), "{first}");
+        // Another address of the same /64.
+        let (second, _b) = upgrade_as(server.addr, "2001:db8:0:7:ffff::2").await;
+        assert_eq!(
+            second.starts_with("HTTP/1.1 101"),
+            same_prefix_admitted,
+            "/{prefix}: {second}"
+        );
+        if !same_prefix_admitted {
+            assert!(second.starts_with("HTTP/1.1 429"), "{second}");
+        }
+        // Another /64 is another client.
+        let (third, _c) = upgrade_as(server.addr, "2001:db8:0:8::1").await;
+        assert!(third.starts_with("HTTP/1.1 101"), "/{prefix}: {third}");
+        server.stop().await;
+    }
+}
+
+/// Read one HTTP response head from `tcp` (up to the blank line).
+async fn response_head(tcp: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(STEP, tcp.read(&mut byte))
+            .await
+            .expect("an answer in time")
+            .unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        buf.push(byte[0]);
+    }
+    String::from_utf8_lossy(&buf).into_owned()
 }

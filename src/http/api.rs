@@ -473,7 +473,7 @@ mod tests {
             api_key: api_key.map(Into::into),
             ..Config::default()
         });
-        let mut req = axum::http::Request::get("/api/groups");
+        let mut req = axum::http::Request::get("/api/groups").header(header::HOST, "roomcast.test");
         if let Some(a) = auth {
             req = req.header(header::AUTHORIZATION, a);
         }

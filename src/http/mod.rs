@@ -15,7 +15,9 @@ pub mod upgrade;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::http::StatusCode;
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, Version, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
@@ -35,7 +37,58 @@ pub fn router(node: Arc<Node>) -> Router {
     }
     r.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(node.clone(), check_head))
         .with_state(node)
+}
+
+/// Checks of the request head that every route shares:
+///
+/// - its size against `max_header_size` (431). hyper's buffer limit bounds
+///   what an unfinished head can hold, but a complete head that arrives in
+///   one read may pass it by up to a read's size, so the cap is applied
+///   exactly here;
+/// - RFC 9112 section 3.2: 400 to an HTTP/1.1 request without a `Host`
+///   header, and to any request with more than one or an invalid one.
+async fn check_head(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
+    let max = node.config.max_header_size;
+    if head_size(&req) > max {
+        return error(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "header_too_large",
+            &format!("the request line and headers exceed {max} bytes"),
+        );
+    }
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let problem = match (hosts.next(), hosts.next()) {
+        (None, _) if req.version() == Version::HTTP_11 => Some("an HTTP/1.1 request needs a Host header"),
+        (Some(_), Some(_)) => Some("more than one Host header"),
+        (Some(h), None) if !valid_host(h.as_bytes()) => Some("invalid Host header"),
+        _ => None,
+    };
+    match problem {
+        Some(message) => error(StatusCode::BAD_REQUEST, "bad_host", message),
+        None => next.run(req).await,
+    }
+}
+
+/// About the bytes of `req`'s head on the wire: request line, headers.
+fn head_size(req: &Request) -> usize {
+    let line = req.method().as_str().len() + req.uri().to_string().len() + 11;
+    let headers: usize = req
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    line + headers + 2
+}
+
+/// `uri-host [ ":" port ]`, or empty (RFC 9110 section 7.2).
+fn valid_host(h: &[u8]) -> bool {
+    h.is_empty()
+        || std::str::from_utf8(h)
+            .ok()
+            .and_then(|h| h.parse::<axum::http::uri::Authority>().ok())
+            .is_some_and(|a| !a.as_str().contains('@'))
 }
 
 /// A JSON error response.

@@ -183,7 +183,19 @@ fn admit(node: &Arc<Node>, req: &Request) -> Result<Permit, Refusal> {
 /// The cheap JSON answer to a refused upgrade, with `Retry-After` where
 /// waiting helps.
 fn refusal_response(refusal: Refusal) -> Response {
-    let (status, retry, message) = match refusal {
+    let (status, retry, message) = refusal_parts(refusal);
+    let mut r = error(status, refusal.as_str(), message);
+    if let Some(secs) = retry {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    r
+}
+
+/// Status, `Retry-After` seconds (where waiting helps) and message of the
+/// answer to a refused connection.
+pub fn refusal_parts(refusal: Refusal) -> (StatusCode, Option<u64>, &'static str) {
+    match refusal {
         Refusal::ServerFull => (
             StatusCode::SERVICE_UNAVAILABLE,
             Some(5),
@@ -201,13 +213,22 @@ fn refusal_response(refusal: Refusal) -> Response {
         ),
         Refusal::Origin => (StatusCode::FORBIDDEN, None, "origin not allowed"),
         Refusal::Unauthorized => (StatusCode::UNAUTHORIZED, None, "unauthorized"),
-    };
-    let mut r = error(status, refusal.as_str(), message);
-    if let Some(secs) = retry {
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
-    r
+}
+
+/// The whole HTTP/1.1 response to a connection refused at accept, before
+/// its request was read (written raw: it gets no hyper connection).
+pub fn early_refusal(refusal: Refusal) -> Vec<u8> {
+    let (status, retry, message) = refusal_parts(refusal);
+    let body = serde_json::json!({ "error": { "code": refusal.as_str(), "message": message } }).to_string();
+    let retry = retry.map_or(String::new(), |s| format!("retry-after: {s}\r\n"));
+    format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\n{retry}connection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len()
+    )
+    .into_bytes()
 }
 
 fn handshake_error(e: HandshakeError) -> Response {

@@ -27,6 +27,11 @@ pub enum HandshakeError {
     /// `Sec-WebSocket-Key` missing or not 16 bytes of base64.
     #[error("missing or invalid Sec-WebSocket-Key")]
     Key,
+    /// The request has a body (`Content-Length` other than 0, or
+    /// `Transfer-Encoding`): the bytes after the head would be taken for
+    /// frames, or frames for body.
+    #[error("a WebSocket handshake request must not have a body")]
+    Body,
 }
 
 /// What one opening handshake agreed on: written into the 101 response,
@@ -93,6 +98,14 @@ pub fn accept(
     };
     if !has_token(header::UPGRADE, "websocket") || !has_token(header::CONNECTION, "upgrade") {
         return Err(HandshakeError::NotUpgrade);
+    }
+    let body = headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get_all(header::CONTENT_LENGTH)
+            .iter()
+            .any(|v| v.as_bytes() != b"0");
+    if body {
+        return Err(HandshakeError::Body);
     }
     if headers.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
         return Err(HandshakeError::WsVersion);
