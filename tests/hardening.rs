@@ -1,0 +1,271 @@
+//! Hardening against hostile clients (issue 11), through a real server on
+//! real sockets. Each test is a self-contained function; this file covers:
+//!
+//! - `/api` request bodies: a declared `Content-Length` over the limit is
+//!   refused with 413 before any body byte is read; a body that stalls (a
+//!   partial `Content-Length` body, a chunked body announcing an enormous
+//!   chunk) gets 408 `body_timeout` after `--body-timeout` and the
+//!   connection is closed; the timeout counts from the last byte received,
+//!   so a slow body sent in pieces still succeeds; the option itself
+//!   (flag, variable, TOML key, validation).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use roomcast::config::Config;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+// ---- shared helpers ----
+
+/// Run the real binary with a clean slate of `ROOMCAST_*` variables.
+fn roomcast_bin() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_roomcast"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("ROOMCAST_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
+// ---- /api bodies: size before reading, stall timeout ----
+
+/// A response read to EOF from a raw socket.
+struct Reply {
+    status: u16,
+    /// Status line and headers, lower-cased.
+    head: String,
+    body: Value,
+}
+
+/// Open a connection and write `bytes` (a request head and perhaps part
+/// of its body), leaving the connection open for more.
+async fn send_raw(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    s
+}
+
+/// Read until the server closes the connection; fails if it neither
+/// answers and closes within `within`.
+async fn reply_then_eof(s: &mut TcpStream, within: Duration) -> Reply {
+    let mut out = Vec::new();
+    match tokio::time::timeout(within, s.read_to_end(&mut out)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => panic!("read failed: {e}; got {:?}", String::from_utf8_lossy(&out)),
+        Err(_) => panic!(
+            "the server did not answer and close within {within:?}; got {:?}",
+            String::from_utf8_lossy(&out)
+        ),
+    }
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no complete response: {text:?}"));
+    Reply {
+        status: head[9..12].parse().unwrap(),
+        head: head.to_ascii_lowercase(),
+        body: serde_json::from_str(body).unwrap_or_else(|_| panic!("body is not JSON: {text:?}")),
+    }
+}
+
+fn publish_head(addr: SocketAddr, framing: &str) -> String {
+    format!(
+        "POST /api/publish HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n{framing}\r\n\r\n"
+    )
+}
+
+fn body_timeout_config(timeout: Duration) -> Config {
+    Config {
+        body_timeout: timeout,
+        ..config()
+    }
+}
+
+/// The first probe of item 3: `Content-Length: 1000` and only `{"group"`.
+#[tokio::test]
+async fn a_stalled_content_length_body_gets_408_and_is_closed() {
+    let server = start(body_timeout_config(Duration::from_secs(1))).await;
+    let head = publish_head(server.addr, "Content-Length: 1000");
+    let mut s = send_raw(server.addr, format!("{head}{{\"group\"").as_bytes()).await;
+    let sent = Instant::now();
+    let r = reply_then_eof(&mut s, STEP).await;
+    let waited = sent.elapsed();
+    assert_eq!(r.status, 408, "{}", r.head);
+    assert_eq!(r.body["error"]["code"], "body_timeout", "{}", r.body);
+    assert!(r.head.contains("connection: close"), "{}", r.head);
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+        "answered after {waited:?} with a 1s body timeout"
+    );
+    server.stop().await;
+}
+
+/// The second probe: a chunked body announcing a chunk of `fffffffffff`
+/// bytes (17 TB) and sending a few.
+#[tokio::test]
+async fn a_chunked_body_announcing_a_huge_chunk_is_answered_and_closed() {
+    let server = start(body_timeout_config(Duration::from_secs(1))).await;
+    let head = publish_head(server.addr, "Transfer-Encoding: chunked");
+    let mut s = send_raw(server.addr, format!("{head}fffffffffff\r\n{{\"gro").as_bytes()).await;
+    let r = reply_then_eof(&mut s, STEP).await;
+    assert!(
+        matches!(
+            (r.status, r.body["error"]["code"].as_str()),
+            (408, Some("body_timeout")) | (413, Some("payload_too_large"))
+        ),
+        "{} {}",
+        r.head,
+        r.body
+    );
+    assert!(r.head.contains("connection: close"), "{}", r.head);
+    server.stop().await;
+}
+
+/// A declared length over the limit is refused at once: no body byte is
+/// sent, and the body timeout is far longer than the wait allowed.
+#[tokio::test]
+async fn a_declared_length_over_the_limit_gets_413_before_any_body_byte() {
+    let server = start(Config {
+        max_message_size: 1024,
+        ..body_timeout_config(Duration::from_secs(60))
+    })
+    .await;
+    let cases = [
+        (
+            "/api/publish",
+            10_000_000u64,
+            "maximum message size of 1024 bytes",
+        ),
+        ("/api/broadcast", 1025, "maximum message size of 1024 bytes"),
+        // /api/disconnect has its own limit, 4096 bytes.
+        ("/api/disconnect", 4097, "limit of 4096 bytes"),
+    ];
+    for (path, len, says) in cases {
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n",
+            server.addr
+        );
+        let mut s = send_raw(server.addr, head.as_bytes()).await;
+        let r = reply_then_eof(&mut s, Duration::from_secs(3)).await;
+        assert_eq!(r.status, 413, "{path}: {}", r.head);
+        assert_eq!(r.body["error"]["code"], "payload_too_large", "{path}");
+        assert!(
+            r.body["error"]["message"].as_str().unwrap().contains(says),
+            "{path}: {}",
+            r.body
+        );
+        assert!(r.head.contains("connection: close"), "{path}: {}", r.head);
+    }
+    // At the limit exactly, the body is read and served.
+    let body = format!("{{\"group\":\"g\",\"data\":\"{}\"}}", "x".repeat(1024 - 23));
+    assert_eq!(body.len(), 1024);
+    let (status, text) = http(
+        server.addr,
+        "POST",
+        "/api/publish",
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!((status, text.as_str()), (200, r#"{"delivered":0}"#));
+    server.stop().await;
+}
+
+/// The body timeout limits pauses, not the whole body: pieces with gaps
+/// shorter than it succeed although the body takes longer than it, and
+/// once a body stops, 408 comes a timeout after its last byte, not after
+/// its first.
+#[tokio::test]
+async fn the_body_timeout_counts_from_the_last_byte_received() {
+    let timeout = Duration::from_secs(1);
+    let gap = Duration::from_millis(300);
+    let server = start(body_timeout_config(timeout)).await;
+    let body = br#"{"group":"lobby","data":{"text":"sent slowly, piece by piece"}}"#;
+    let pieces: Vec<&[u8]> = body.chunks(body.len() / 8 + 1).collect();
+    assert!(gap * pieces.len() as u32 > timeout * 2);
+
+    let head = publish_head(
+        server.addr,
+        &format!("Content-Length: {}\r\nConnection: close", body.len()),
+    );
+    let mut s = send_raw(server.addr, head.as_bytes()).await;
+    let started = Instant::now();
+    for (i, piece) in pieces.iter().enumerate() {
+        tokio::time::sleep(gap).await;
+        s.write_all(piece).await.unwrap_or_else(|e| {
+            panic!(
+                "the server dropped a body still arriving (piece {i}, {:?} in, gaps of {gap:?}): {e}",
+                started.elapsed()
+            )
+        });
+    }
+    let r = reply_then_eof(&mut s, STEP).await;
+    assert!(started.elapsed() > timeout * 2);
+    assert_eq!((r.status, &r.body), (200, &json!({"delivered":0})), "{}", r.head);
+
+    // The same pieces, then silence before the last one.
+    let head = publish_head(server.addr, &format!("Content-Length: {}", body.len()));
+    let mut s = send_raw(server.addr, head.as_bytes()).await;
+    for piece in &pieces[..pieces.len() - 1] {
+        tokio::time::sleep(gap).await;
+        s.write_all(piece).await.unwrap();
+    }
+    let last_byte = Instant::now();
+    let r = reply_then_eof(&mut s, STEP).await;
+    let waited = last_byte.elapsed();
+    assert_eq!(r.status, 408, "{}", r.head);
+    assert_eq!(r.body["error"]["code"], "body_timeout");
+    assert!(
+        waited >= timeout - Duration::from_millis(100) && waited < timeout * 4,
+        "408 came {waited:?} after the last byte, with a {timeout:?} timeout"
+    );
+    server.stop().await;
+}
+
+/// `body_timeout` is a setting like the others: flag, variable, TOML key,
+/// default 10s, and 0s is refused.
+#[test]
+fn body_timeout_is_a_validated_setting() {
+    let effective = |args: &[&str], env: &[(&str, &str)]| -> toml::Table {
+        let out = roomcast_bin()
+            .arg("config")
+            .args(args)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().parse().unwrap()
+    };
+    assert_eq!(effective(&[], &[])["body_timeout"].as_str(), Some("10s"));
+    assert_eq!(
+        effective(&["--body-timeout", "2s"], &[])["body_timeout"].as_str(),
+        Some("2s")
+    );
+    assert_eq!(
+        effective(&[], &[("ROOMCAST_BODY_TIMEOUT", "3s")])["body_timeout"].as_str(),
+        Some("3s")
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("roomcast.toml");
+    std::fs::write(&file, "body_timeout = \"4s\"\n").unwrap();
+    assert_eq!(
+        effective(&["--config", file.to_str().unwrap()], &[])["body_timeout"].as_str(),
+        Some("4s")
+    );
+    for bad in ["0s", "25h"] {
+        let out = roomcast_bin()
+            .args(["config", "--body-timeout", bad])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "--body-timeout {bad} was accepted");
+        assert!(err.contains("'body_timeout'"), "{bad}: {err}");
+    }
+}
