@@ -8,18 +8,24 @@
 //!   connection is closed; the timeout counts from the last byte received,
 //!   so a slow body sent in pieces still succeeds; the option itself
 //!   (flag, variable, TOML key, validation).
+//! - JWTs whose `exp` is beyond any clock (`u64::MAX`), on connect (query
+//!   and subprotocol) and in `refresh`: the connection works and does not
+//!   expire; refreshing from such a token to a short one still closes with
+//!   4003 at the new expiry.
 
 mod common;
 
 use std::net::SocketAddr;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::*;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use roomcast::config::Config;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 // ---- shared helpers ----
 
@@ -268,4 +274,123 @@ fn body_timeout_is_a_validated_setting() {
         assert!(!out.status.success(), "--body-timeout {bad} was accepted");
         assert!(err.contains("'body_timeout'"), "{bad}: {err}");
     }
+}
+
+// ---- JWTs with an exp beyond any clock ----
+
+const SECRET: &str = "test-secret-that-is-at-least-32-bytes-long";
+
+fn token(claims: Value) -> String {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// Auth on, and no idle timeout and no pings: the token's expiry is the
+/// only timer a session has.
+fn only_expiry_config() -> Config {
+    Config {
+        jwt_secret: Some(SECRET.into()),
+        idle_timeout: Duration::ZERO,
+        ping_interval: Duration::ZERO,
+        ..config()
+    }
+}
+
+async fn welcomed(req: impl IntoClientRequest + Unpin) -> Ws {
+    let (mut ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("authorized connect");
+    let w = recv_json(&mut ws).await;
+    assert_eq!(w["type"], "welcome", "{w}");
+    ws
+}
+
+/// Join, publish and get the ack and the message back: a session that
+/// works.
+async fn join_publish_ack(ws: &mut Ws, group: &str) {
+    let r = request(ws, json!({"type":"join","group":group,"id":1})).await;
+    assert_eq!(r, json!({"type":"ack","id":1}));
+    send_json(ws, json!({"type":"publish","group":group,"data":"hi","id":2})).await;
+    let mut got = [recv_json(ws).await, recv_json(ws).await];
+    got.sort_by_key(|v| v["type"].as_str().unwrap_or("").to_owned());
+    assert_eq!(got[0], json!({"type":"ack","id":2}));
+    assert_eq!(
+        (
+            got[1]["type"].as_str(),
+            got[1]["data"].as_str(),
+            got[1]["user"].as_str()
+        ),
+        (Some("message"), Some("hi"), Some("ann")),
+        "{}",
+        got[1]
+    );
+}
+
+/// `exp` = 18446744073709551615 on connect, in `?token=` and in the
+/// subprotocol: the session works (it used to panic right after the 101).
+#[tokio::test]
+async fn a_token_with_exp_u64_max_connects_and_works() {
+    let server = start(only_expiry_config()).await;
+    let forever = token(json!({"sub":"ann","exp":u64::MAX}));
+
+    let mut ws = welcomed(format!("{}?token={forever}", server.url("/ws"))).await;
+    join_publish_ack(&mut ws, "a").await;
+
+    let mut req = server.url("/ws").into_client_request().unwrap();
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        format!("roomcast, bearer.{forever}").parse().unwrap(),
+    );
+    let mut ws2 = welcomed(req).await;
+    join_publish_ack(&mut ws2, "b").await;
+
+    // Both are still served a moment later: nothing fired.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for ws in [&mut ws, &mut ws2] {
+        assert_eq!(request(ws, json!({"type":"ping","id":9})).await["type"], "pong");
+    }
+    assert_eq!(server.stats().connections, 2);
+    server.stop().await;
+}
+
+/// `refresh` to such a token keeps the connection past the old token's
+/// expiry; refreshing from it to a short token re-arms the timer, and the
+/// connection closes with 4003 at the new expiry.
+#[tokio::test]
+async fn refresh_to_exp_u64_max_and_back_to_a_short_token() {
+    let server = start(only_expiry_config()).await;
+    let short = token(json!({"sub":"ann","exp": now() + 2}));
+    let mut ws = welcomed(format!("{}?token={short}", server.url("/ws"))).await;
+
+    let forever = token(json!({"sub":"ann","exp":u64::MAX}));
+    let r = request(&mut ws, json!({"type":"refresh","token":forever,"id":1})).await;
+    assert_eq!(r, json!({"type":"ack","id":1}));
+    // Past the first token's expiry, still served.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    join_publish_ack(&mut ws, "g").await;
+
+    let short_again = token(json!({"sub":"ann","exp": now() + 2}));
+    let r = request(&mut ws, json!({"type":"refresh","token":short_again,"id":3})).await;
+    assert_eq!(r, json!({"type":"ack","id":3}));
+    let started = Instant::now();
+    let (_, frame) = recv_until_close(&mut ws).await;
+    let frame = frame.expect("a close frame");
+    assert_eq!(
+        (u16::from(frame.code), frame.reason.as_str()),
+        (4003, "token expired")
+    );
+    assert!(
+        started.elapsed() <= Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    server.stop().await;
 }
