@@ -12,6 +12,10 @@
 //!   and subprotocol) and in `refresh`: the connection works and does not
 //!   expire; refreshing from such a token to a short one still closes with
 //!   4003 at the new expiry.
+//! - The `/api` loopback rule without an API key: behind `--trusted-proxy`
+//!   the client is the address `X-Forwarded-For` names, not the proxy; the
+//!   header is ignored when no proxy is trusted; a warning at startup when
+//!   proxies are trusted without a key.
 
 mod common;
 
@@ -393,4 +397,144 @@ async fn refresh_to_exp_u64_max_and_back_to_a_short_token() {
         started.elapsed()
     );
     server.stop().await;
+}
+
+// ---- /api loopback rule behind a trusted proxy ----
+
+/// A POST through a "proxy" on loopback: the TCP peer is 127.0.0.1 and
+/// `xff`, when given, is its `X-Forwarded-For`.
+async fn api_post_via(addr: SocketAddr, path: &str, xff: Option<&str>, body: Value) -> (u16, Value) {
+    let mut headers = vec![("Content-Type", "application/json")];
+    if let Some(x) = xff {
+        headers.push(("X-Forwarded-For", x));
+    }
+    let (status, text) = http(addr, "POST", path, &headers, body.to_string().as_bytes()).await;
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}")),
+    )
+}
+
+/// Start `roomcast serve` with `args` (JSON logs), wait until it listens,
+/// stop it, and return every log line written until then.
+fn startup_log(args: &[&str]) -> Vec<Value> {
+    use std::io::{BufRead, BufReader};
+    let mut child = roomcast_bin()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--log-level",
+            "info",
+        ])
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut logged = Vec::new();
+    loop {
+        let Some(Ok(line)) = lines.next() else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("server exited before listening: {logged:?}");
+        };
+        let v: Value = serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+        logged.push(v.clone());
+        if v["addr"].is_string() {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    logged
+}
+
+/// Without an API key, `/api` serves loopback clients, judged by the
+/// address the per-IP limits use. Behind a trusted proxy that is the
+/// address the proxy forwarded, so a remote client is refused even though
+/// the TCP peer (the proxy) is loopback. Without a trusted proxy,
+/// `X-Forwarded-For` means nothing and a loopback peer is served whatever
+/// the header says.
+#[tokio::test]
+async fn the_api_loopback_rule_believes_forwarded_for_only_from_a_trusted_proxy() {
+    let publish = json!({"group":"g","data":1});
+    let broadcast = json!({"data":1});
+    let routes = [("/api/publish", &publish), ("/api/broadcast", &broadcast)];
+
+    let proxied = start(Config {
+        trusted_proxy: vec!["127.0.0.1".into()],
+        ..config()
+    })
+    .await;
+    for (path, body) in routes {
+        // Remote clients, however the header looks: the proxy appends the
+        // address it saw, so a client's own "127.0.0.1" is left of it.
+        for xff in ["203.0.113.7", "127.0.0.1, 203.0.113.7", "203.0.113.7, 127.0.0.1"] {
+            let (status, r) = api_post_via(proxied.addr, path, Some(xff), body.clone()).await;
+            assert_eq!(
+                (status, r["error"]["code"].as_str()),
+                (403, Some("forbidden")),
+                "{path} XFF {xff}: {r}"
+            );
+        }
+        // Local clients: forwarded as loopback, or not forwarded at all.
+        for xff in [Some("127.0.0.1"), Some("::1"), None] {
+            let (status, r) = api_post_via(proxied.addr, path, xff, body.clone()).await;
+            assert_eq!((status, &r), (200, &json!({"delivered":0})), "{path} XFF {xff:?}");
+        }
+    }
+    proxied.stop().await;
+
+    let direct = start(config()).await;
+    for (path, body) in routes {
+        let (status, r) = api_post_via(direct.addr, path, Some("203.0.113.7"), body.clone()).await;
+        assert_eq!(
+            (status, &r),
+            (200, &json!({"delivered":0})),
+            "{path}: no trusted proxy, the loopback peer is the client"
+        );
+    }
+    direct.stop().await;
+}
+
+/// Trusting proxies without an API key is logged once, loudly, at startup;
+/// with a key, or without proxies, it is not.
+#[test]
+fn trusting_a_proxy_without_an_api_key_is_warned_about_at_startup() {
+    let warnings = |args: &[&str]| -> Vec<String> {
+        startup_log(args)
+            .iter()
+            .filter(|v| v["level"] == "WARN")
+            .filter_map(|v| v["message"].as_str().map(str::to_owned))
+            .filter(|m| m.contains("trusted-proxy"))
+            .collect()
+    };
+    let w = warnings(&["--trusted-proxy", "127.0.0.1"]);
+    assert_eq!(w.len(), 1, "{w:?}");
+    for says in [
+        "no --api-key",
+        "loopback",
+        "X-Forwarded-For",
+        "look local",
+        "set --api-key",
+    ] {
+        assert!(w[0].contains(says), "'{says}' missing from: {}", w[0]);
+    }
+    assert_eq!(
+        warnings(&["--trusted-proxy", "127.0.0.1", "--api-key", "0123456789abcdef"]),
+        Vec::<String>::new()
+    );
+    assert_eq!(warnings(&[]), Vec::<String>::new());
+    // `roomcast config` shows it too.
+    let out = roomcast_bin()
+        .args(["config", "--trusted-proxy", "10.0.0.0/8"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("warning") && err.contains("set --api-key"), "{err}");
 }

@@ -9,7 +9,10 @@
 //!
 //! Access: with an API key configured, every request needs
 //! `Authorization: Bearer KEY`. Without one, only loopback clients are
-//! served, so a default install is never an open relay.
+//! served, so a default install is never an open relay; the client's
+//! address is the one the per-IP limits use (behind a trusted proxy, the
+//! one `X-Forwarded-For` names), and [`proxy_without_key_warning`] is
+//! logged at startup when proxies are trusted without a key.
 //!
 //! Bodies are bounded in size and in time: a declared `Content-Length`
 //! over the limit is refused before the body is read, and a body that
@@ -125,8 +128,11 @@ async fn authorize(State(node): State<Arc<Node>>, req: Request, next: Next) -> R
             }
         }
         None => {
+            // The client is judged by the address the per-IP limits use:
+            // behind a trusted proxy, the one `X-Forwarded-For` names, not
+            // the proxy's own (often loopback) address.
             let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
-            let loopback = peer.is_some_and(|p| match p.ip() {
+            let loopback = peer.is_some_and(|p| match node.limits.client_ip(p, req.headers()) {
                 std::net::IpAddr::V4(ip) => ip.is_loopback(),
                 std::net::IpAddr::V6(ip) => {
                     ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
@@ -144,6 +150,23 @@ async fn authorize(State(node): State<Arc<Node>>, req: Request, next: Next) -> R
         }
     }
     next.run(req).await
+}
+
+/// The warning to log at startup when `config` trusts proxies but has no
+/// API key (`None` otherwise): the API then serves requests whose
+/// forwarded client address is loopback, so a proxy that does not set
+/// `X-Forwarded-For` makes every request it forwards look local.
+pub fn proxy_without_key_warning(config: &crate::config::Config) -> Option<String> {
+    (config.api_key.is_none() && !config.trusted_proxy.is_empty()).then(|| {
+        format!(
+            "--trusted-proxy is set ({}) but no --api-key: /api serves only requests whose \
+             client address is loopback, and behind a trusted proxy that is the address \
+             X-Forwarded-For names; a proxy that does not set X-Forwarded-For (or passes on \
+             the client's own without appending the address it saw) makes every proxied \
+             request look local and opens /api to anyone who can reach the proxy: set --api-key",
+            config.trusted_proxy.join(", ")
+        )
+    })
 }
 
 /// Compare without an early exit, so timing does not reveal the key.
