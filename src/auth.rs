@@ -86,11 +86,26 @@ pub struct Grant {
     pub publish: Patterns,
 }
 
+/// The longest a token is honoured from now: 100 years. An `exp` further
+/// ahead (up to `u64::MAX` seconds, which no clock can reach) counts as
+/// this, so the deadline a session computes from it is always a time the
+/// clock and the timer can represent.
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 impl Grant {
-    /// Time left until expiry (zero if past).
+    /// Time left until expiry: zero if past, at most [`MAX_TOKEN_LIFETIME`].
     pub fn remaining(&self) -> Duration {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-        Duration::from_secs(self.exp).saturating_sub(now)
+        Duration::from_secs(self.exp)
+            .saturating_sub(now)
+            .min(MAX_TOKEN_LIFETIME)
+    }
+
+    /// When a session holding this grant since `now` must close: `now` plus
+    /// [`Grant::remaining`], or `None` (no expiry) if even that cannot be
+    /// represented, so that no `exp` can make the addition overflow.
+    pub fn deadline(&self, now: tokio::time::Instant) -> Option<tokio::time::Instant> {
+        now.checked_add(self.remaining())
     }
 }
 
@@ -283,6 +298,53 @@ mod tests {
         assert!(Patterns(Some(vec!["*".into()])).allows("x"));
         assert!(!Patterns(Some(vec![])).allows("x"));
         assert!(Patterns(None).allows("anything"));
+    }
+
+    #[test]
+    fn an_exp_beyond_any_clock_is_clamped_not_overflowed() {
+        let grant = |exp| Grant {
+            user: None,
+            exp,
+            join: Patterns::default(),
+            publish: Patterns::default(),
+        };
+        let now = tokio::time::Instant::now();
+        for exp in [u64::MAX, i64::MAX as u64 + 1, i64::MAX as u64] {
+            assert_eq!(grant(exp).remaining(), MAX_TOKEN_LIFETIME, "{exp}");
+            assert_eq!(grant(exp).deadline(now), Some(now + MAX_TOKEN_LIFETIME), "{exp}");
+        }
+        assert_eq!(grant(0).remaining(), Duration::ZERO);
+        assert_eq!(grant(0).deadline(now), Some(now));
+        let soon = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 60;
+        assert!(grant(soon).remaining() <= Duration::from_secs(60));
+        assert!(grant(soon).remaining() > Duration::from_secs(58));
+    }
+
+    #[test]
+    fn exp_up_to_u64_max_verifies_and_beyond_it_is_invalid() {
+        let secret = "a-test-secret-of-at-least-32-bytes!!";
+        let auth = Auth::from_settings(Some(secret), None).unwrap().unwrap();
+        let sign = |payload: &str| {
+            let raw = serde_json::value::RawValue::from_string(payload.to_owned()).unwrap();
+            jsonwebtoken::encode(
+                &jsonwebtoken::Header::new(Algorithm::HS256),
+                &raw,
+                &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+            )
+            .unwrap()
+        };
+        let g = auth
+            .verify(&sign(r#"{"sub":"ann","exp":18446744073709551615}"#))
+            .unwrap();
+        assert_eq!((g.exp, g.remaining()), (u64::MAX, MAX_TOKEN_LIFETIME));
+        for beyond in ["18446744073709551616", "1e300", "-1"] {
+            let t = sign(&format!(r#"{{"sub":"ann","exp":{beyond}}}"#));
+            assert!(
+                matches!(auth.verify(&t), Err(AuthError::Invalid(_))),
+                "{beyond}: {:?}",
+                auth.verify(&t)
+            );
+        }
     }
 
     #[test]

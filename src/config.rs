@@ -258,6 +258,14 @@ pub struct Config {
     #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
 
+    /// Longest pause allowed while a client sends an `/api` request body:
+    /// when no byte of the body arrives for this long, the request gets 408
+    /// and the connection is closed. A stall timeout, reset whenever bytes
+    /// arrive, not a deadline for the whole body.
+    #[arg(long, env = "ROOMCAST_BODY_TIMEOUT", value_name = "DUR", default_value = "10s", value_parser = parse_duration)]
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+
     /// Browser origin allowed to open WebSockets, e.g.
     /// `https://app.example.com` (repeatable; none: every origin). Clients
     /// that send no Origin header are not browsers and are allowed.
@@ -340,6 +348,7 @@ impl Default for Config {
             max_header_size: 32 * 1024,
             ipv6_prefix_len: 64,
             handshake_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
             allowed_origin: Vec::new(),
             trusted_proxy: Vec::new(),
             log_format: LogFormat::Human,
@@ -526,6 +535,7 @@ impl Config {
             ("write_timeout", self.write_timeout),
             ("drain_timeout", self.drain_timeout),
             ("handshake_timeout", self.handshake_timeout),
+            ("body_timeout", self.body_timeout),
         ] {
             if d > MAX_DURATION {
                 return err(key, "must be at most 24h");
@@ -549,6 +559,9 @@ impl Config {
         }
         if self.handshake_timeout.is_zero() {
             return err("handshake_timeout", "must be more than 0s");
+        }
+        if self.body_timeout.is_zero() {
+            return err("body_timeout", "must be more than 0s");
         }
         self.auth()?;
         if self.api_key.as_deref().is_some_and(|k| k.len() < 16) {

@@ -58,6 +58,9 @@ fn main() -> ExitCode {
             if let Some(w) = config::unknown_env_warning(&config::unknown_env_vars()) {
                 tracing::warn!("{w}");
             }
+            if let Some(w) = roomcast::http::api::proxy_without_key_warning(&config) {
+                tracing::warn!("{w}");
+            }
             let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(r) => r,
                 Err(e) => return fail(&e),
@@ -97,6 +100,9 @@ fn main() -> ExitCode {
         Command::ShowConfig { args, show_secrets } => match args.resolve(sub) {
             Ok(config) => {
                 if let Some(w) = config::unknown_env_warning(&config::unknown_env_vars()) {
+                    eprintln!("roomcast: warning: {w}");
+                }
+                if let Some(w) = roomcast::http::api::proxy_without_key_warning(&config) {
                     eprintln!("roomcast: warning: {w}");
                 }
                 print!("{}", config.to_toml(show_secrets));

@@ -104,7 +104,7 @@ where
         },
         mode,
         next_ping: None,
-        expires: grant.as_ref().map(|g| Instant::now() + g.remaining()),
+        expires: grant.as_ref().and_then(|g| g.deadline(Instant::now())),
         grant,
         rate: (node.config.message_rate > 0)
             .then(|| MessageBucket::new(node.config.message_rate, node.config.message_burst())),
@@ -406,7 +406,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             self.leave(&group).await;
             self.reply(protocol::left(&group, "the new token does not allow this group"));
         }
-        self.expires = Some(Instant::now() + new.remaining());
+        self.expires = new.deadline(Instant::now());
         self.grant = Some(new);
         self.arm_timer();
         Ok(())

@@ -9,13 +9,22 @@
 //!
 //! Access: with an API key configured, every request needs
 //! `Authorization: Bearer KEY`. Without one, only loopback clients are
-//! served, so a default install is never an open relay.
+//! served, so a default install is never an open relay; the client's
+//! address is the one the per-IP limits use (behind a trusted proxy, the
+//! one `X-Forwarded-For` names), and [`proxy_without_key_warning`] is
+//! logged at startup when proxies are trusted without a key.
+//!
+//! Bodies are bounded in size and in time: a declared `Content-Length`
+//! over the limit is refused before the body is read, and a body that
+//! stops arriving for `--body-timeout` gets 408 (see `read_body`).
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
+use axum::body::HttpBody as _;
 use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -39,6 +48,9 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: Cow<'static, str>,
+    /// Answer with `Connection: close` (the request was not read to its
+    /// end, so the connection cannot carry another one).
+    close: bool,
 }
 
 impl ApiError {
@@ -47,7 +59,12 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            close: false,
         }
+    }
+
+    fn closing(self) -> Self {
+        Self { close: true, ..self }
     }
 
     fn bad_request(message: impl Into<Cow<'static, str>>) -> Self {
@@ -61,6 +78,10 @@ impl IntoResponse for ApiError {
         if self.status == StatusCode::UNAUTHORIZED {
             r.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if self.close {
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         r
     }
@@ -107,8 +128,11 @@ async fn authorize(State(node): State<Arc<Node>>, req: Request, next: Next) -> R
             }
         }
         None => {
+            // The client is judged by the address the per-IP limits use:
+            // behind a trusted proxy, the one `X-Forwarded-For` names, not
+            // the proxy's own (often loopback) address.
             let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
-            let loopback = peer.is_some_and(|p| match p.ip() {
+            let loopback = peer.is_some_and(|p| match node.limits.client_ip(p, req.headers()) {
                 std::net::IpAddr::V4(ip) => ip.is_loopback(),
                 std::net::IpAddr::V6(ip) => {
                     ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
@@ -126,6 +150,23 @@ async fn authorize(State(node): State<Arc<Node>>, req: Request, next: Next) -> R
         }
     }
     next.run(req).await
+}
+
+/// The warning to log at startup when `config` trusts proxies but has no
+/// API key (`None` otherwise): the API then serves requests whose
+/// forwarded client address is loopback, so a proxy that does not set
+/// `X-Forwarded-For` makes every request it forwards look local.
+pub fn proxy_without_key_warning(config: &crate::config::Config) -> Option<String> {
+    (config.api_key.is_none() && !config.trusted_proxy.is_empty()).then(|| {
+        format!(
+            "--trusted-proxy is set ({}) but no --api-key: /api serves only requests whose \
+             client address is loopback, and behind a trusted proxy that is the address \
+             X-Forwarded-For names; a proxy that does not set X-Forwarded-For (or passes on \
+             the client's own without appending the address it saw) makes every proxied \
+             request look local and opens /api to anyone who can reach the proxy: set --api-key",
+            config.trusted_proxy.join(", ")
+        )
+    })
 }
 
 /// Compare without an early exit, so timing does not reveal the key.
@@ -146,26 +187,91 @@ enum BodyLimit {
     Endpoint(usize),
 }
 
-/// Read a body within `limit`.
-async fn read_body(req: Request, limit: BodyLimit) -> Result<Bytes, ApiError> {
-    let (BodyLimit::MessageSize(max) | BodyLimit::Endpoint(max)) = limit;
-    let limited = http_body_util::Limited::new(req.into_body(), max);
-    match limited.collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::new(
+impl BodyLimit {
+    fn max(self) -> usize {
+        let (Self::MessageSize(max) | Self::Endpoint(max)) = self;
+        max
+    }
+
+    /// The 413 for a body over this limit. The rest of the body is not
+    /// read, so the connection is closed after the answer.
+    fn exceeded(self) -> ApiError {
+        let max = self.max();
+        ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
-            match limit {
-                BodyLimit::MessageSize(_) => {
+            match self {
+                Self::MessageSize(_) => {
                     format!("request body exceeds the maximum message size of {max} bytes")
                 }
-                BodyLimit::Endpoint(_) => {
+                Self::Endpoint(_) => {
                     format!("request body exceeds this endpoint's limit of {max} bytes")
                 }
             },
-        )),
-        Err(e) => Err(ApiError::bad_request(format!("cannot read request body: {e}"))),
+        )
+        .closing()
     }
+}
+
+/// Read a body within `limit`, waiting at most `stall` for each next piece
+/// of it (`--body-timeout`: a pause limit, reset whenever bytes arrive,
+/// not a deadline for the whole body).
+///
+/// A declared `Content-Length` above the limit is refused before any of
+/// the body is read. A body that pauses too long gets 408. Both answers
+/// leave the rest of the body unread, so they close the connection
+/// (`Connection: close`; hyper also stops reading a request whose body
+/// was dropped unfinished, and then does not keep the connection alive).
+async fn read_body(req: Request, limit: BodyLimit, stall: Duration) -> Result<Bytes, ApiError> {
+    let max = limit.max();
+    let mut body = req.into_body();
+    // For a `Content-Length` body, hyper's size hint is exactly that
+    // length; for a chunked one it is 0 and the limit is checked as the
+    // chunks arrive.
+    if body.size_hint().lower() > max as u64 {
+        return Err(limit.exceeded());
+    }
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut len = 0usize;
+    loop {
+        let frame = match tokio::time::timeout(stall, body.frame()).await {
+            Err(_) => {
+                return Err(ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body_timeout",
+                    format!(
+                        "no byte of the request body arrived for {}; the connection is closed",
+                        humantime::format_duration(stall)
+                    ),
+                )
+                .closing());
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(ApiError::bad_request(format!("cannot read request body: {e}"))),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        // Trailers (of a chunked body) carry nothing the API reads.
+        let Ok(data) = frame.into_data() else { continue };
+        len += data.len();
+        if len > max {
+            return Err(limit.exceeded());
+        }
+        if !data.is_empty() {
+            chunks.push(data);
+        }
+    }
+    Ok(match chunks.len() {
+        0 => Bytes::new(),
+        // The usual case: no copy.
+        1 => chunks.pop().unwrap_or_default(),
+        _ => {
+            let mut all = bytes::BytesMut::with_capacity(len);
+            for c in &chunks {
+                all.extend_from_slice(c);
+            }
+            all.freeze()
+        }
+    })
 }
 
 /// What the body of a publish-like request is.
@@ -290,7 +396,12 @@ async fn publish(
         ));
     }
     let kind = body_kind(&req)?;
-    let body = read_body(req, BodyLimit::MessageSize(node.config.max_message_size)).await?;
+    let body = read_body(
+        req,
+        BodyLimit::MessageSize(node.config.max_message_size),
+        node.config.body_timeout,
+    )
+    .await?;
     let (group, payload) = match kind {
         BodyKind::Json => {
             let b: PublishBody<'_> = parse_json(&body)?;
@@ -317,7 +428,12 @@ struct BroadcastBody<'a> {
 /// `POST /api/broadcast`: `{"data"}` to every connection.
 async fn broadcast(State(node): State<Arc<Node>>, req: Request) -> ApiResult {
     json_only(&req)?;
-    let body = read_body(req, BodyLimit::MessageSize(node.config.max_message_size)).await?;
+    let body = read_body(
+        req,
+        BodyLimit::MessageSize(node.config.max_message_size),
+        node.config.body_timeout,
+    )
+    .await?;
     let b: BroadcastBody<'_> = parse_json(&body)?;
     publish_from_api(&node, Target::All, data_bytes(&body, b.data), body.len()).await
 }
@@ -342,7 +458,12 @@ fn unknown_connection(id: &str) -> ApiError {
 /// `POST /api/send`: `{"to","data"}` to one connection; 404 if unknown.
 async fn send(State(node): State<Arc<Node>>, req: Request) -> ApiResult {
     json_only(&req)?;
-    let body = read_body(req, BodyLimit::MessageSize(node.config.max_message_size)).await?;
+    let body = read_body(
+        req,
+        BodyLimit::MessageSize(node.config.max_message_size),
+        node.config.body_timeout,
+    )
+    .await?;
     let b: SendBody<'_> = parse_json(&body)?;
     let id: u64 = b.to.parse().map_err(|_| unknown_connection(&b.to))?;
     publish_from_api(&node, Target::Conn(id), data_bytes(&body, b.data), body.len()).await
@@ -366,7 +487,12 @@ fn default_disconnect_code() -> u16 {
 /// after what is already queued for it.
 async fn disconnect(State(node): State<Arc<Node>>, req: Request) -> ApiResult {
     json_only(&req)?;
-    let body = read_body(req, BodyLimit::Endpoint(DISCONNECT_BODY_LIMIT)).await?;
+    let body = read_body(
+        req,
+        BodyLimit::Endpoint(DISCONNECT_BODY_LIMIT),
+        node.config.body_timeout,
+    )
+    .await?;
     let b: DisconnectBody = parse_json(&body)?;
     if !(b.code == 1000 || (3000..=4999).contains(&b.code)) {
         return Err(ApiError::bad_request(
