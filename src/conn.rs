@@ -35,6 +35,15 @@ const READ_CHUNK: usize = 16 * 1024;
 /// Reads per poll before yielding to other tasks.
 const READS_PER_POLL: usize = 8;
 
+/// Milliseconds since the first call, wrapping every 49 days: enough to
+/// time a stall (the write timeout is at most 24 hours) in 4 bytes.
+fn stall_clock() -> u32 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    // Truncation is the wrapping.
+    epoch.elapsed().as_millis() as u32
+}
+
 /// What the connection's task must handle next.
 #[derive(Debug)]
 pub enum Incoming {
@@ -86,11 +95,14 @@ pub struct Conn<S> {
     last_seen: Instant,
     /// A Close frame has been taken into the batch: nothing may follow it.
     close_queued: bool,
-    /// Since when the socket has been full: set when a write would block,
-    /// cleared when the socket takes bytes again.
-    stalled_since: Option<Instant>,
+    /// The socket has been full since `stall_start`: set when a write
+    /// would block, cleared when the socket takes bytes again.
+    stalled: bool,
     /// [`Incoming::Stalled`] was handed out for the current stall.
     stall_reported: bool,
+    /// When the stall began, on the coarse [`stall_clock`] (4 bytes where
+    /// an `Instant` takes 16: every connection carries this).
+    stall_start: u32,
     timer: Option<Pin<Box<Sleep>>>,
     metrics: Arc<Metrics>,
     /// How the batch's first frame counts in the metrics, noted before any
@@ -136,8 +148,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             read_eof: false,
             last_seen: Instant::now(),
             close_queued: false,
-            stalled_since: None,
+            stalled: false,
             stall_reported: false,
+            stall_start: 0,
             timer: None,
             metrics,
             head_kind: None,
@@ -169,7 +182,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// Since when the outbound backlog has made no write progress (the
     /// socket is full), if it is stalled now.
     pub fn stalled_since(&self) -> Option<Instant> {
-        self.stalled_since
+        self.stalled.then(|| {
+            let ms = stall_clock().wrapping_sub(self.stall_start);
+            let now = Instant::now();
+            now.checked_sub(std::time::Duration::from_millis(u64::from(ms)))
+                .unwrap_or(now)
+        })
     }
 
     /// Fire [`Incoming::Timer`] at `deadline`.
@@ -216,7 +234,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         if let Poll::Ready(Err(e)) = self.poll_write_out(cx) {
             return Poll::Ready(Err(e.into()));
         }
-        if self.stalled_since.is_some() && !self.stall_reported {
+        if self.stalled && !self.stall_reported {
             self.stall_reported = true;
             return Poll::Ready(Ok(Incoming::Stalled));
         }
@@ -337,8 +355,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             let written = match Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..n]) {
                 Poll::Ready(r) => r?,
                 Poll::Pending => {
-                    if self.stalled_since.is_none() {
-                        self.stalled_since = Some(Instant::now());
+                    if !self.stalled {
+                        self.stalled = true;
+                        self.stall_start = stall_clock();
                         self.stall_reported = false;
                     }
                     return Poll::Pending;
@@ -386,7 +405,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     fn advance(&mut self, n: usize) {
         let tally = advance(&mut self.batch, &mut self.head_kind, n);
         self.outbox.written(tally.frames as usize, n);
-        if self.stalled_since.take().is_some() {
+        if std::mem::take(&mut self.stalled) {
             // The socket was full and took bytes again: the client's TCP
             // window opened, so the client is reading. (A write into a
             // socket that never filled proves nothing: the kernel takes it

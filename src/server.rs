@@ -11,6 +11,13 @@
 //! reloads the certificate for new connections. Without TLS, SIGHUP is
 //! logged and otherwise ignored.
 //!
+//! Every accepted connection first takes a slot among the connections that
+//! have not upgraded ([`crate::limits::Limits::accept`]), held until it
+//! closes or upgrades; one past the caps is answered with a fixed JSON
+//! refusal and closed, before anything of it is read. Request heads are
+//! bounded by `max_header_size` (hyper's buffer, then exactly in
+//! [`crate::http`]) and `handshake_timeout`.
+//!
 //! Shutdown drains: sessions are flushed and closed, and meanwhile the
 //! listener stays open, so a load balancer's probe of `/readyz` gets `503`
 //! rather than connection refused. Connections accepted during the drain
@@ -130,8 +137,9 @@ impl Server {
                 }
             );
         }
-        // Connect-rate state of addresses not seen lately is dropped once a
-        // minute, so a flood of distinct addresses cannot grow it for ever.
+        // Once a minute: connect-rate state of addresses not seen lately is
+        // dropped, so a flood of distinct addresses cannot grow it for ever,
+        // and memory freed since is given back to the system.
         let limits = node.limits.clone();
         let stop = node.shutdown.clone();
         tokio::spawn(async move {
@@ -139,7 +147,11 @@ impl Server {
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
-                    _ = tick.tick() => limits.forget_idle(),
+                    _ = tick.tick() => {
+                        limits.forget_idle();
+                        // A few milliseconds with a busy heap: not on a worker.
+                        let _ = tokio::task::spawn_blocking(release_free_memory).await;
+                    }
                 }
             }
         });
@@ -181,6 +193,20 @@ impl Server {
         let _ = tokio::time::timeout_at(late_deadline, late.wait()).await;
         info!("shutdown complete");
         Ok(())
+    }
+}
+
+/// Give memory that the allocator holds free back to the system. glibc's
+/// malloc keeps what a burst freed (say, the backlogs of slow consumers that
+/// were closed) in its arenas, so the process's RSS would stay at its peak:
+/// 100 closed `/echo` clients with 1.9 MB of echoes each left it at 168 MB,
+/// trimmed 8.7 MB. Measured at 1.6 to 3.8 ms per call during a fan-out to
+/// 10,000 members at 400k deliveries/s, hence once a minute.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
