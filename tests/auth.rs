@@ -3,27 +3,20 @@
 
 mod common;
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use common::*;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use roomcast::config::Config;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-const SECRET: &str = "test-secret-that-is-at-least-32-bytes-long";
+const SECRET: &str = JWT_SECRET;
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    unix_now()
 }
 
 fn token(claims: Value) -> String {
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
+    hs256_token(&claims)
 }
 
 fn auth_config() -> Config {

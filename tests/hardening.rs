@@ -21,10 +21,9 @@ mod common;
 
 use std::net::SocketAddr;
 use std::process::Command;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use common::*;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use roomcast::config::Config;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -282,19 +281,14 @@ fn body_timeout_is_a_validated_setting() {
 
 // ---- JWTs with an exp beyond any clock ----
 
-const SECRET: &str = "test-secret-that-is-at-least-32-bytes-long";
+const SECRET: &str = JWT_SECRET;
 
 fn token(claims: Value) -> String {
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
+    hs256_token(&claims)
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    unix_now()
 }
 
 /// Auth on, and no idle timeout and no pings: the token's expiry is the

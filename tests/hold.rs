@@ -49,6 +49,33 @@ fn ping_forever(mut wr: OwnedWriteHalf) -> tokio::task::JoinHandle<()> {
     })
 }
 
+/// A `/ws` member of `group` with a 4 KiB receive buffer.
+async fn small_member(server: &TestServer, group: &str) -> RawClient {
+    let mut member = RawClient::connect_small_rcvbuf(server.addr, "/ws").await;
+    assert_eq!(member.json().await["type"], "welcome");
+    member
+        .send_text(&json!({"type":"join","group":group,"id":1}).to_string())
+        .await;
+    assert_eq!(member.json().await["type"], "ack");
+    member
+}
+
+/// Publish `n` binary messages of 60,000 bytes to `group` through the API.
+async fn publish_60kb(server: &TestServer, group: &str, n: usize) {
+    let body = vec![b'y'; 60_000];
+    for _ in 0..n {
+        let (status, text) = http(
+            server.addr,
+            "POST",
+            &format!("/api/publish?group={group}"),
+            &[("Content-Type", "application/octet-stream")],
+            &body,
+        )
+        .await;
+        assert_eq!(status, 200, "{text}");
+    }
+}
+
 #[tokio::test]
 async fn an_echo_client_that_never_reads_is_closed_whatever_it_sends() {
     let server = start(stall_config()).await;
@@ -82,28 +109,12 @@ async fn an_echo_client_that_never_reads_is_closed_whatever_it_sends() {
 #[tokio::test]
 async fn a_member_that_never_reads_is_closed_though_its_queue_is_not_full() {
     let server = start(stall_config()).await;
-    let mut member = RawClient::connect_small_rcvbuf(server.addr, "/ws").await;
-    assert_eq!(member.json().await["type"], "welcome");
-    member
-        .send_text(&json!({"type":"join","group":"alone","id":1}).to_string())
-        .await;
-    assert_eq!(member.json().await["type"], "ack");
+    let member = small_member(&server, "alone").await;
     let (_reader, wr) = member.split();
     let pinger = ping_forever(wr);
     // 15 publications of 60 KB: 900 KB, below --queue-bytes (1 MiB), so the
     // queue-full policy never fires; only the write timeout can.
-    let body = vec![b'y'; 60_000];
-    for _ in 0..15 {
-        let (status, text) = http(
-            server.addr,
-            "POST",
-            "/api/publish?group=alone",
-            &[("Content-Type", "application/octet-stream")],
-            &body,
-        )
-        .await;
-        assert_eq!(status, 200, "{text}");
-    }
+    publish_60kb(&server, "alone", 15).await;
     server
         .wait_stats("the member closed as a slow consumer", |s| {
             s.slow_consumer_disconnects == 1
@@ -125,24 +136,8 @@ async fn a_member_that_reads_slowly_but_steadily_stays() {
         ..stall_config()
     })
     .await;
-    let mut member = RawClient::connect_small_rcvbuf(server.addr, "/ws").await;
-    assert_eq!(member.json().await["type"], "welcome");
-    member
-        .send_text(&json!({"type":"join","group":"slow","id":1}).to_string())
-        .await;
-    assert_eq!(member.json().await["type"], "ack");
-    let body = vec![b'z'; 60_000];
-    for _ in 0..8 {
-        let (status, text) = http(
-            server.addr,
-            "POST",
-            "/api/publish?group=slow",
-            &[("Content-Type", "application/octet-stream")],
-            &body,
-        )
-        .await;
-        assert_eq!(status, 200, "{text}");
-    }
+    let member = small_member(&server, "slow").await;
+    publish_60kb(&server, "slow", 8).await;
     // About 480 KB at most 16 KiB every 100 ms (the 4 KiB receive buffer
     // gives less per read): several write timeouts long in all, but never
     // a pause of one.

@@ -558,3 +558,26 @@ impl RawClient {
         Self::handshake(sock.connect(addr).await.unwrap(), addr, path, "").await
     }
 }
+
+// ---- JWTs ----
+
+/// The HS256 secret of the auth tests.
+pub const JWT_SECRET: &str = "test-secret-that-is-at-least-32-bytes-long";
+
+/// An HS256 token with `claims`, signed with [`JWT_SECRET`].
+pub fn hs256_token(claims: &Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// Seconds since the Unix epoch (for `exp`).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
