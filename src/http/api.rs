@@ -213,6 +213,12 @@ impl BodyLimit {
     }
 }
 
+/// Read the body of a publish-like request: held to the message size.
+async fn read_message_body(node: &Node, req: Request) -> Result<Bytes, ApiError> {
+    let limit = BodyLimit::MessageSize(node.config.max_message_size);
+    read_body(req, limit, node.config.body_timeout).await
+}
+
 /// Read a body within `limit`, waiting at most `stall` for each next piece
 /// of it (`--body-timeout`: a pause limit, reset whenever bytes arrive,
 /// not a deadline for the whole body).
@@ -396,12 +402,7 @@ async fn publish(
         ));
     }
     let kind = body_kind(&req)?;
-    let body = read_body(
-        req,
-        BodyLimit::MessageSize(node.config.max_message_size),
-        node.config.body_timeout,
-    )
-    .await?;
+    let body = read_message_body(&node, req).await?;
     let (group, payload) = match kind {
         BodyKind::Json => {
             let b: PublishBody<'_> = parse_json(&body)?;
@@ -428,12 +429,7 @@ struct BroadcastBody<'a> {
 /// `POST /api/broadcast`: `{"data"}` to every connection.
 async fn broadcast(State(node): State<Arc<Node>>, req: Request) -> ApiResult {
     json_only(&req)?;
-    let body = read_body(
-        req,
-        BodyLimit::MessageSize(node.config.max_message_size),
-        node.config.body_timeout,
-    )
-    .await?;
+    let body = read_message_body(&node, req).await?;
     let b: BroadcastBody<'_> = parse_json(&body)?;
     publish_from_api(&node, Target::All, data_bytes(&body, b.data), body.len()).await
 }
@@ -458,12 +454,7 @@ fn unknown_connection(id: &str) -> ApiError {
 /// `POST /api/send`: `{"to","data"}` to one connection; 404 if unknown.
 async fn send(State(node): State<Arc<Node>>, req: Request) -> ApiResult {
     json_only(&req)?;
-    let body = read_body(
-        req,
-        BodyLimit::MessageSize(node.config.max_message_size),
-        node.config.body_timeout,
-    )
-    .await?;
+    let body = read_message_body(&node, req).await?;
     let b: SendBody<'_> = parse_json(&body)?;
     let id: u64 = b.to.parse().map_err(|_| unknown_connection(&b.to))?;
     publish_from_api(&node, Target::Conn(id), data_bytes(&body, b.data), body.len()).await

@@ -73,7 +73,13 @@ async fn check_head(State(node): State<Arc<Node>>, req: Request, next: Next) -> 
 
 /// About the bytes of `req`'s head on the wire: request line, headers.
 fn head_size(req: &Request) -> usize {
-    let line = req.method().as_str().len() + req.uri().to_string().len() + 11;
+    let uri = req.uri();
+    // Origin form (`/path?query`) on the wire; an absolute form adds its
+    // scheme and authority.
+    let target = uri.path_and_query().map_or(1, |p| p.as_str().len())
+        + uri.scheme_str().map_or(0, |s| s.len() + 3)
+        + uri.authority().map_or(0, |a| a.as_str().len());
+    let line = req.method().as_str().len() + target + 11;
     let headers: usize = req
         .headers()
         .iter()
