@@ -502,7 +502,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             user: self.grant.as_ref().and_then(|g| g.user.clone()),
             payload,
         };
-        self.node.broker.publish(publication).await.map(|_| ())
+        self.node.broker.publish(publication).await
     }
 
     /// Leave `name` in the hub, telling the broker when the node lost its

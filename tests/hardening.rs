@@ -183,7 +183,7 @@ async fn a_declared_length_over_the_limit_gets_413_before_any_body_byte() {
         body.as_bytes(),
     )
     .await;
-    assert_eq!((status, text.as_str()), (200, r#"{"delivered":0}"#));
+    assert_eq!((status, text.as_str()), (200, r#"{"published":true}"#));
     server.stop().await;
 }
 
@@ -217,7 +217,12 @@ async fn the_body_timeout_counts_from_the_last_byte_received() {
     }
     let r = reply_then_eof(&mut s, STEP).await;
     assert!(started.elapsed() > timeout * 2);
-    assert_eq!((r.status, &r.body), (200, &json!({"delivered":0})), "{}", r.head);
+    assert_eq!(
+        (r.status, &r.body),
+        (200, &json!({"published": true})),
+        "{}",
+        r.head
+    );
 
     // The same pieces, then silence before the last one.
     let head = publish_head(server.addr, &format!("Content-Length: {}", body.len()));
@@ -478,7 +483,11 @@ async fn the_api_loopback_rule_believes_forwarded_for_only_from_a_trusted_proxy(
         // Local clients: forwarded as loopback, or not forwarded at all.
         for xff in [Some("127.0.0.1"), Some("::1"), None] {
             let (status, r) = api_post_via(proxied.addr, path, xff, body.clone()).await;
-            assert_eq!((status, &r), (200, &json!({"delivered":0})), "{path} XFF {xff:?}");
+            assert_eq!(
+                (status, &r),
+                (200, &json!({"published": true})),
+                "{path} XFF {xff:?}"
+            );
         }
     }
     proxied.stop().await;
@@ -488,7 +497,7 @@ async fn the_api_loopback_rule_believes_forwarded_for_only_from_a_trusted_proxy(
         let (status, r) = api_post_via(direct.addr, path, Some("203.0.113.7"), body.clone()).await;
         assert_eq!(
             (status, &r),
-            (200, &json!({"delivered":0})),
+            (200, &json!({"published": true})),
             "{path}: no trusted proxy, the loopback peer is the client"
         );
     }

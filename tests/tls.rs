@@ -243,7 +243,7 @@ async fn https_api_and_healthz() {
         &json!({"group":"news","data":"over https"}).to_string(),
     )
     .await;
-    assert_eq!((status, body.as_str()), (200, r#"{"delivered":1}"#));
+    assert_eq!((status, body.as_str()), (200, r#"{"published":true}"#));
     assert_eq!(
         recv_json(&mut ws).await,
         json!({"type":"message","group":"news","data":"over https"})

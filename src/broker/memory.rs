@@ -19,8 +19,8 @@ impl MemoryBroker {
 }
 
 impl Broker for MemoryBroker {
-    fn publish(&self, publication: Publication) -> BoxFuture<'_, Result<usize, BrokerError>> {
-        let result = deliver_local(&self.hub, &publication).map(|f| f.delivered);
+    fn publish(&self, publication: Publication) -> BoxFuture<'_, Result<(), BrokerError>> {
+        let result = deliver_local(&self.hub, &publication).map(|_| ());
         Box::pin(std::future::ready(result))
     }
 

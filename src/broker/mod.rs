@@ -71,9 +71,12 @@ pub enum BrokerError {
 
 /// Carries publications to every node's hub.
 pub trait Broker: Send + Sync + 'static {
-    /// Deliver `publication` to its recipients on every node. Returns the
-    /// number of frames queued on this node.
-    fn publish(&self, publication: Publication) -> BoxFuture<'_, Result<usize, BrokerError>>;
+    /// Deliver `publication` to its recipients on every node. `Ok` means
+    /// the broker took it: with one node, it is queued for every local
+    /// recipient whose queue accepted it; in a cluster, it is on its way to
+    /// every node. How many frames end up queued is known only on each
+    /// node, in its metrics; no caller is told.
+    fn publish(&self, publication: Publication) -> BoxFuture<'_, Result<(), BrokerError>>;
 
     /// This node gained its first member of `group`: start receiving its
     /// publications. Completes once publications to the group will arrive.

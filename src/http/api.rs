@@ -333,7 +333,7 @@ async fn publish_from_api(node: &Node, target: Target, payload: Payload, body_le
         payload,
     };
     match node.broker.publish(publication).await {
-        Ok(n) => Ok(axum::Json(json!({ "delivered": n })).into_response()),
+        Ok(()) => Ok(axum::Json(json!({ "published": true })).into_response()),
         Err(BrokerError::UnknownConnection(id)) => Err(unknown_connection(&id.to_string())),
         Err(e) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
