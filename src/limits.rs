@@ -22,7 +22,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -104,6 +104,9 @@ pub struct Limits {
     trusted_proxies: Vec<IpNet>,
     /// The prefix that counts as one IPv6 client.
     ipv6_prefix_len: u8,
+    /// A per-IP limit has refused a loopback or private address (warned
+    /// about once).
+    shared_address_warned: AtomicBool,
 }
 
 /// One admitted WebSocket connection's slot; dropping it frees the slot.
@@ -205,7 +208,29 @@ impl Limits {
                 .filter_map(|c| parse_cidr(c).ok())
                 .collect(),
             ipv6_prefix_len: settings.ipv6_prefix_len.clamp(1, 128),
+            shared_address_warned: AtomicBool::new(false),
         }
+    }
+
+    /// Note that `refusal` turned away the client `ip`. The first time a
+    /// per-IP limit refuses a loopback or private address, log why that is
+    /// probably a set-up problem: such an address is usually a proxy, load
+    /// balancer or NAT that many clients share, and then the per-IP limits
+    /// cap all of them together. Returns whether it warned.
+    pub fn note_refusal(&self, ip: IpAddr, refusal: Refusal) -> bool {
+        let per_ip = matches!(refusal, Refusal::TooManyFromIp | Refusal::ConnectRate { .. });
+        if !per_ip || !is_shared_address(ip) || self.shared_address_warned.swap(true, Ordering::Relaxed) {
+            return false;
+        }
+        tracing::warn!(
+            %ip,
+            reason = refusal.as_str(),
+            "a per-IP limit refused {ip}, a loopback or private address: if clients reach this \
+             server through a proxy or load balancer there, list it in --trusted-proxy so that \
+             X-Forwarded-For names each client; otherwise raise --max-connections-per-ip or \
+             --connect-rate-per-ip (0: no limit). Logged once"
+        );
+        true
     }
 
     /// What counts as one client for the per-IP limits: an IPv4 address,
@@ -328,6 +353,21 @@ impl Limits {
         if let Some(rl) = &self.connect_rate {
             rl.retain_recent();
             rl.shrink_to_fit();
+        }
+    }
+}
+
+/// Loopback, private (RFC 1918, shared CGNAT 100.64/10, IPv6 unique local)
+/// or link-local: an address that proxies and NATs share among clients.
+fn is_shared_address(ip: IpAddr) -> bool {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => {
+            let cgnat = v4.octets()[0] == 100 && (v4.octets()[1] & 0xC0) == 64;
+            v4.is_loopback() || v4.is_private() || v4.is_link_local() || cgnat
+        }
+        IpAddr::V6(v6) => {
+            let seg = v6.segments()[0];
+            v6.is_loopback() || (seg & 0xFE00) == 0xFC00 || (seg & 0xFFC0) == 0xFE80
         }
     }
 }
@@ -519,6 +559,33 @@ mod tests {
         drop(h1);
         let _h4 = l.accept(a).unwrap();
         assert_eq!(l.http_per_ip.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_per_ip_refusal_of_a_shared_address_is_warned_about_once() {
+        let l = limits(|_| {});
+        let public: IpAddr = "203.0.113.5".parse().unwrap();
+        assert!(!l.note_refusal(public, Refusal::TooManyFromIp));
+        let proxy: IpAddr = "10.1.2.3".parse().unwrap();
+        assert!(!l.note_refusal(proxy, Refusal::ServerFull), "not a per-IP limit");
+        assert!(l.note_refusal(proxy, Refusal::TooManyFromIp));
+        assert!(!l.note_refusal("127.0.0.1".parse().unwrap(), Refusal::TooManyFromIp));
+        for shared in [
+            "127.0.0.1",
+            "192.168.1.1",
+            "172.16.0.1",
+            "100.64.0.1",
+            "169.254.1.1",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(is_shared_address(shared.parse().unwrap()), "{shared}");
+        }
+        for public in ["203.0.113.5", "100.128.0.1", "2001:db8::1", "8.8.8.8"] {
+            assert!(!is_shared_address(public.parse().unwrap()), "{public}");
+        }
     }
 
     #[test]

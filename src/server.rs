@@ -262,6 +262,7 @@ async fn accept_loop(
                     Ok(p) => p,
                     Err(refusal) => {
                         node.metrics.record_refused(refusal);
+                        node.limits.note_refusal(peer.ip(), refusal);
                         refuse(stream, refusal, tls.is_none());
                         continue;
                     }

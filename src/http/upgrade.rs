@@ -175,9 +175,11 @@ fn admit(node: &Arc<Node>, req: &Request) -> Result<Permit, Refusal> {
         .get::<ConnectInfo<SocketAddr>>()
         .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |c| c.0);
     let limits = &node.limits;
-    limits
-        .check_origin(req.headers())
-        .and_then(|()| limits.admit(limits.client_ip(peer, req.headers())))
+    limits.check_origin(req.headers())?;
+    let ip = limits.client_ip(peer, req.headers());
+    limits.admit(ip).inspect_err(|&refusal| {
+        limits.note_refusal(ip, refusal);
+    })
 }
 
 /// The cheap JSON answer to a refused upgrade, with `Retry-After` where
