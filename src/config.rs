@@ -304,6 +304,13 @@ pub struct Config {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jwt_public_key: Option<PathBuf>,
 
+    /// This node's name, shown in `/stats` and the startup log: 1 to 64
+    /// letters, digits, `.`, `_` or `-` (default: the host name and a short
+    /// random suffix, so that every start is a new name).
+    #[arg(long, env = "ROOMCAST_NODE_NAME", value_name = "NAME")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+
     /// Log format.
     #[arg(long, env = "ROOMCAST_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
@@ -353,6 +360,7 @@ impl Default for Config {
             trusted_proxy: Vec::new(),
             log_format: LogFormat::Human,
             log_level: None,
+            node_name: None,
         }
     }
 }
@@ -457,6 +465,7 @@ fn unknown_env(names: impl Iterator<Item = String>) -> Vec<String> {
     let known = toml::Table::try_from(Config {
         api_key: Some(String::new()),
         log_level: Some(String::new()),
+        node_name: Some(String::new()),
         tls_cert: Some(PathBuf::new()),
         tls_key: Some(PathBuf::new()),
         message_burst: Some(0),
@@ -497,6 +506,33 @@ const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 /// at least 8 KiB; beyond 1 MiB a request head is an attack, not a cookie.
 const MIN_HEADER_SIZE: usize = 8 * 1024;
 const MAX_HEADER_SIZE: usize = 1 << 20;
+
+/// A node name: 1 to 64 ASCII letters, digits, `.`, `_` or `-` (it will
+/// name the node's channel in a cluster broker).
+pub fn valid_node_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// The default node name: the host name (what of it is valid in a name,
+/// at most 59 bytes) and `-` with four random letters or digits.
+pub fn default_node_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let mut name: String = host
+        .trim()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        .take(59)
+        .collect();
+    if name.is_empty() {
+        name.push_str("roomcast");
+    }
+    name.push('-');
+    name.extend((0..4).map(|_| fastrand::alphanumeric().to_ascii_lowercase()));
+    name
+}
 
 /// The default zlib level (see docs/configuration.md for the measurement
 /// behind it).
@@ -556,6 +592,12 @@ impl Config {
         }
         if !(1..=128).contains(&self.ipv6_prefix_len) {
             return err("ipv6_prefix_len", "must be between 1 and 128");
+        }
+        if self.node_name.as_deref().is_some_and(|n| !valid_node_name(n)) {
+            return err(
+                "node_name",
+                "must be 1 to 64 characters, each a letter, digit, '.', '_' or '-'",
+            );
         }
         if self.handshake_timeout.is_zero() {
             return err("handshake_timeout", "must be more than 0s");

@@ -15,6 +15,9 @@ use crate::metrics::Metrics;
 
 /// Shared state of the server.
 pub struct Node {
+    /// This node's name (`--node-name`, or the host name and a random
+    /// suffix).
+    pub name: Arc<str>,
     /// Effective configuration.
     pub config: Config,
     /// Local connections and groups.
@@ -70,7 +73,12 @@ impl Node {
         ));
         let broker = Arc::new(MemoryBroker::new(hub.clone()));
         let limits = Arc::new(config.limits());
+        let name = config
+            .node_name
+            .clone()
+            .unwrap_or_else(crate::config::default_node_name);
         Arc::new(Self {
+            name: name.into(),
             config,
             hub,
             broker,

@@ -118,7 +118,12 @@ impl Server {
         // mean "reload", and that must not end the server.
         spawn_reload_on_sighup(tls.clone(), node.shutdown.clone());
         let scheme = if tls.is_some() { "wss" } else { "ws" };
-        info!(addr = %listener.local_addr()?, "roomcast listening ({scheme}:// on /ws)");
+        info!(
+            addr = %listener.local_addr()?,
+            node = %node.name,
+            "roomcast node {} listening ({scheme}:// on /ws)",
+            node.name
+        );
         let fd_limit = crate::limits::raise_open_file_limit();
         let max = node.config.max_connections;
         info!(

@@ -283,3 +283,15 @@ fn serve_starts_with_unknown_environment_variables_and_warns_once() {
         "{message}"
     );
 }
+
+#[test]
+fn node_names_are_validated() {
+    for bad in ["", "has space", "dot.dash_ok-but-é", &"n".repeat(65)] {
+        let out = roomcast(&["config", "--node-name", bad], &[]);
+        assert!(!out.status.success(), "{bad:?} accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("node_name"), "{bad:?}: {err}");
+    }
+    let t = effective(&["config"], &[("ROOMCAST_NODE_NAME", "web-1.eu_west")]);
+    assert_eq!(t["node_name"].as_str(), Some("web-1.eu_west"));
+}

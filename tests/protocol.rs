@@ -275,6 +275,14 @@ async fn ids_are_unique_strings_and_stats_endpoints_answer() {
     assert_eq!(status, 200);
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["connections"], 20);
+    // The node's name: by default the host name and a random suffix.
+    let node = v["node"].as_str().expect("a node name");
+    assert_eq!(node, &*server.node.name);
+    let (_, suffix) = node.rsplit_once('-').expect("name-suffix");
+    assert!(
+        suffix.len() == 4 && suffix.bytes().all(|b| b.is_ascii_alphanumeric()),
+        "{node}"
+    );
     let (_, body) = http_get(server.addr, "/stats", &[("Accept", "application/json")]).await;
     assert_eq!(
         serde_json::from_str::<serde_json::Value>(&body).unwrap()["connections"],

@@ -68,6 +68,14 @@ impl Snapshot {
     }
 }
 
+/// The JSON of `/stats`: the node's name, then the counters.
+#[derive(Serialize)]
+struct Named<'a> {
+    node: &'a str,
+    #[serde(flatten)]
+    snapshot: Snapshot,
+}
+
 /// `GET /stats`.
 pub async fn stats(State(node): State<Arc<Node>>, headers: HeaderMap, req: Request) -> Response {
     let snap = Snapshot::of(&node);
@@ -80,7 +88,11 @@ pub async fn stats(State(node): State<Arc<Node>>, headers: HeaderMap, req: Reque
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.contains("application/json"));
     if wants_json {
-        axum::Json(snap).into_response()
+        axum::Json(Named {
+            node: &node.name,
+            snapshot: snap,
+        })
+        .into_response()
     } else {
         (
             [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
