@@ -2,7 +2,11 @@
 //! ROOMCAST_* environment < flags, rejection of unknown or bad keys, and
 //! a warning (not an error) for unknown ROOMCAST_* variables.
 
+mod common;
+
 use std::process::{Command, Output};
+
+use common::ServerProcess;
 
 fn roomcast(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_roomcast"));
@@ -147,28 +151,9 @@ fn bad_keys_and_values_are_rejected_naming_the_key() {
 
 #[test]
 fn json_logs_are_one_object_per_line() {
-    use std::io::{BufRead, BufReader};
-    let mut child = Command::new(env!("CARGO_BIN_EXE_roomcast"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-            "--log-level",
-            "info",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    BufReader::new(child.stderr.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
-    let _ = child.kill();
-    let _ = child.wait();
-    let v: serde_json::Value = serde_json::from_str(&first).unwrap_or_else(|_| panic!("not JSON: {first}"));
+    let server = ServerProcess::start(&[]);
+    let v = server.startup[0].clone();
+    server.stop();
     assert_eq!(v["level"], "INFO", "{v}");
     assert!(
         v["addr"].as_str().is_some_and(|a| a.starts_with("127.0.0.1:")),

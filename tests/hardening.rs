@@ -417,38 +417,9 @@ async fn api_post_via(addr: SocketAddr, path: &str, xff: Option<&str>, body: Val
 /// Start `roomcast serve` with `args` (JSON logs), wait until it listens,
 /// stop it, and return every log line written until then.
 fn startup_log(args: &[&str]) -> Vec<Value> {
-    use std::io::{BufRead, BufReader};
-    let mut child = roomcast_bin()
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-            "--log-level",
-            "info",
-        ])
-        .args(args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut logged = Vec::new();
-    loop {
-        let Some(Ok(line)) = lines.next() else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("server exited before listening: {logged:?}");
-        };
-        let v: Value = serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"));
-        logged.push(v.clone());
-        if v["addr"].is_string() {
-            break;
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
+    let server = ServerProcess::start(args);
+    let logged = server.startup.clone();
+    server.stop();
     logged
 }
 

@@ -412,24 +412,8 @@ async fn response_head(tcp: &mut TcpStream) -> String {
 
 #[tokio::test]
 async fn a_per_ip_refusal_of_a_loopback_address_is_warned_about_once() {
-    use std::io::{BufRead, BufReader};
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_roomcast"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
-        .args(["--max-connections-per-ip", "1", "--handshake-timeout", "30s"])
-        .env_remove("ROOMCAST_MAX_CONNECTIONS_PER_IP")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr: SocketAddr = loop {
-        let line = lines.next().expect("a log line").unwrap();
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-        if let Some(a) = v["addr"].as_str() {
-            break a.parse().unwrap();
-        }
-    };
-    let rest = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
+    let server = ServerProcess::start(&["--max-connections-per-ip", "1", "--handshake-timeout", "30s"]);
+    let addr = server.addr;
     // One connection holds this address's only slot; the next three are
     // refused at accept, and only the first refusal is explained.
     let _held = unfinished_request(addr, 10).await;
@@ -437,9 +421,7 @@ async fn a_per_ip_refusal_of_a_loopback_address_is_warned_about_once() {
         let mut tcp = TcpStream::connect(addr).await.unwrap();
         assert!(read_to_close(&mut tcp).await.starts_with("HTTP/1.1 429"));
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let logged = rest.join().unwrap();
+    let logged = server.stop();
     let warnings: Vec<_> = logged
         .iter()
         .filter(|l| l.contains("a per-IP limit refused 127.0.0.1"))

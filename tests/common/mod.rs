@@ -581,3 +581,65 @@ pub fn unix_now() -> u64 {
         .unwrap()
         .as_secs()
 }
+
+// ---- the real binary ----
+
+/// `roomcast serve` in a child process on a free loopback port, with JSON
+/// logs on a pipe and no `ROOMCAST_*` variable of the test's environment.
+pub struct ServerProcess {
+    child: std::process::Child,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStderr>>,
+    /// Where it listens (from its startup log line).
+    pub addr: SocketAddr,
+    /// The log lines up to and including the one saying it listens.
+    pub startup: Vec<Value>,
+}
+
+impl ServerProcess {
+    /// Start with `args` after `serve --listen 127.0.0.1:0 --log-format
+    /// json --log-level info`, and wait until it listens.
+    pub fn start(args: &[&str]) -> Self {
+        use std::io::BufRead;
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_roomcast"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("ROOMCAST_") {
+                cmd.env_remove(k);
+            }
+        }
+        let mut child = cmd
+            .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+            .args(["--log-level", "info"])
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut startup = Vec::new();
+        let addr = loop {
+            let Some(Ok(line)) = lines.next() else {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("server exited before listening: {startup:?}");
+            };
+            let v: Value = serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+            startup.push(v.clone());
+            if let Some(a) = v["addr"].as_str() {
+                break a.parse().unwrap();
+            }
+        };
+        Self {
+            child,
+            lines,
+            addr,
+            startup,
+        }
+    }
+
+    /// Kill it; returns the log lines written after the startup ones.
+    pub fn stop(mut self) -> Vec<String> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.lines.map_while(Result::ok).collect()
+    }
+}
