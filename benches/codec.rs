@@ -67,7 +67,8 @@ fn encode_messages(c: &mut Criterion) {
         let data = format!("\"{}\"", "x".repeat(size));
         g.throughput(Throughput::Bytes(size as u64));
         g.bench_with_input(BenchmarkId::new("json", size), &data, |b, data| {
-            b.iter(|| protocol::message_json(Some("room-42"), Some(17), None, black_box(data.as_bytes())))
+            let from = roomcast::id::ClientId { node: None, conn: 17 };
+            b.iter(|| protocol::message_json(Some("room-42"), Some(&from), None, black_box(data.as_bytes())))
         });
         let raw = vec![7u8; size];
         g.bench_with_input(BenchmarkId::new("binary", size), &raw, |b, raw| {

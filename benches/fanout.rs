@@ -31,6 +31,7 @@ fn fanout(c: &mut Criterion) {
                 flushers: 0,
                 compression_threshold: 256,
                 compression_level: 1,
+                first_id: 1,
             },
             Arc::default(),
         );
@@ -38,10 +39,15 @@ fn fanout(c: &mut Criterion) {
             .map(|_| hub.register(true, Encoding::PLAIN))
             .collect();
         for o in &outboxes {
-            hub.join("room", o);
+            hub.join("room", o, false);
         }
         let frame = Prepared::text(
-            protocol::message_json(Some("room"), Some(1), None, &[b'1'; 64]),
+            protocol::message_json(
+                Some("room"),
+                Some(&roomcast::id::ClientId { node: None, conn: 1 }),
+                None,
+                &[b'1'; 64],
+            ),
             hub.compression(),
         );
         g.throughput(Throughput::Elements(members as u64));

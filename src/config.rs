@@ -304,9 +304,24 @@ pub struct Config {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jwt_public_key: Option<PathBuf>,
 
-    /// This node's name, shown in `/stats` and the startup log: 1 to 64
-    /// letters, digits, `.`, `_` or `-` (default: the host name and a short
-    /// random suffix, so that every start is a new name).
+    /// Where publications go: `memory` (one node), `redis://[user:password@]host:port[/db]`,
+    /// `rediss://...` (Redis over TLS), or `nats://[user:password@|token@]host:port`
+    /// (a comma-separated list for a NATS cluster). Nodes sharing a broker
+    /// share their groups (see docs/cluster.md).
+    #[arg(
+        long,
+        env = "ROOMCAST_BROKER",
+        value_name = "URL",
+        default_value = "memory",
+        hide_env_values = true
+    )]
+    pub broker: String,
+
+    /// This node's name, shown in `/stats` and the startup log, and part of
+    /// its connection ids in a cluster (unique in the cluster): 1 to 64
+    /// letters, digits, `_`, `-` or single dots between them (default: the
+    /// host name and a short random suffix, so that every start is a new
+    /// name).
     #[arg(long, env = "ROOMCAST_NODE_NAME", value_name = "NAME")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node_name: Option<String>,
@@ -361,6 +376,7 @@ impl Default for Config {
             log_format: LogFormat::Human,
             log_level: None,
             node_name: None,
+            broker: "memory".into(),
         }
     }
 }
@@ -507,13 +523,43 @@ const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 const MIN_HEADER_SIZE: usize = 8 * 1024;
 const MAX_HEADER_SIZE: usize = 1 << 20;
 
-/// A node name: 1 to 64 ASCII letters, digits, `.`, `_` or `-` (it will
-/// name the node's channel in a cluster broker).
+/// A node name: 1 to 64 ASCII letters, digits, `_` or `-`, with single
+/// dots between them (it names the node's broker channel, a NATS subject
+/// whose dots separate tokens, and prefixes its connection ids).
 pub fn valid_node_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && name.split('.').all(|part| {
+            !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
+        })
+}
+
+/// `url` with any password or token replaced by `***`, for messages.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            } else {
+                let _ = u.set_username("***");
+            }
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Which broker `--broker` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BrokerSpec {
+    /// This process only.
+    Memory,
+    /// A Redis server (`redis://` or `rediss://` URL, as given).
+    Redis(String),
+    /// A NATS server or cluster (one URL or several, comma-separated).
+    Nats(String),
 }
 
 /// The default node name: the host name (what of it is valid in a name,
@@ -593,10 +639,13 @@ impl Config {
         if !(1..=128).contains(&self.ipv6_prefix_len) {
             return err("ipv6_prefix_len", "must be between 1 and 128");
         }
+        if let Err(m) = self.broker_spec() {
+            return err("broker", &m);
+        }
         if self.node_name.as_deref().is_some_and(|n| !valid_node_name(n)) {
             return err(
                 "node_name",
-                "must be 1 to 64 characters, each a letter, digit, '.', '_' or '-'",
+                "must be 1 to 64 characters, each a letter, digit, '_', '-' or a '.' between two others",
             );
         }
         if self.handshake_timeout.is_zero() {
@@ -647,6 +696,41 @@ impl Config {
                 message: e.message,
             },
         )
+    }
+
+    /// The broker `broker` names, its URL checked.
+    pub fn broker_spec(&self) -> Result<BrokerSpec, String> {
+        let b = self.broker.trim();
+        if b == "memory" {
+            return Ok(BrokerSpec::Memory);
+        }
+        let scheme = b.split_once("://").map(|(s, _)| s).unwrap_or("");
+        let check = |part: &str| -> Result<(), String> {
+            let u = url::Url::parse(part).map_err(|e| format!("'{}': {e}", redact(part)))?;
+            if u.host_str().is_none_or(str::is_empty) {
+                return Err(format!("'{}': no host", redact(part)));
+            }
+            Ok(())
+        };
+        match scheme {
+            "redis" | "rediss" => {
+                check(b)?;
+                Ok(BrokerSpec::Redis(b.to_string()))
+            }
+            "nats" | "tls" => {
+                for part in b.split(',').map(str::trim) {
+                    if !(part.starts_with("nats://") || part.starts_with("tls://")) {
+                        return Err(format!(
+                            "'{}': every server of a NATS list must be nats:// or tls://",
+                            redact(part)
+                        ));
+                    }
+                    check(part)?;
+                }
+                Ok(BrokerSpec::Nats(b.to_string()))
+            }
+            _ => Err("must be 'memory', a redis:// or rediss:// URL, or nats:// URLs".into()),
+        }
     }
 
     /// The admission limits these settings ask for.

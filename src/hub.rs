@@ -30,7 +30,16 @@ const CONN_SHARDS: usize = 16;
 /// Members of one group, in insertion order, removable in O(1).
 #[derive(Debug, Default)]
 struct Group {
-    members: RwLock<IndexMap<ConnId, Arc<Outbox>>>,
+    members: RwLock<IndexMap<ConnId, Member>>,
+}
+
+/// One member of a group.
+#[derive(Debug)]
+struct Member {
+    outbox: Arc<Outbox>,
+    /// It joined with the binary protocol: server notices about the group
+    /// (`gap`) go to it in binary form.
+    binary: bool,
 }
 
 type GroupMap = HashMap<Arc<str>, Arc<Group>>;
@@ -55,6 +64,8 @@ pub struct HubConfig {
     pub compression_threshold: usize,
     /// zlib level for them.
     pub compression_level: u32,
+    /// The first connection id (ids count up from it).
+    pub first_id: ConnId,
 }
 
 /// Result of a join.
@@ -99,7 +110,7 @@ impl Hub {
             groups: (0..GROUP_SHARDS).map(|_| Mutex::default()).collect(),
             conns: (0..CONN_SHARDS).map(|_| Mutex::default()).collect(),
             hasher: RandomState::new(),
-            next_id: AtomicU64::new(1),
+            next_id: AtomicU64::new(config.first_id.max(1)),
             flusher: Flusher::new(config.flushers, metrics.clone()),
             compression: Compression::new(
                 config.compression_threshold,
@@ -165,8 +176,9 @@ impl Hub {
             .map(|(o, _)| o.clone())
     }
 
-    /// Add `conn` to `group` (idempotent).
-    pub fn join(&self, group: &str, conn: &Arc<Outbox>) -> Joined {
+    /// Add `conn` to `group` (idempotent); `binary`: it joined with the
+    /// binary protocol.
+    pub fn join(&self, group: &str, conn: &Arc<Outbox>, binary: bool) -> Joined {
         let mut shard = lock(self.group_shard(group));
         let (name, g, created) = match shard.get_key_value(group) {
             Some((k, g)) => (k.clone(), g.clone(), false),
@@ -178,7 +190,11 @@ impl Hub {
                 (name, g, true)
             }
         };
-        let new_member = write(&g.members).insert(conn.id(), conn.clone()).is_none();
+        let member = Member {
+            outbox: conn.clone(),
+            binary,
+        };
+        let new_member = write(&g.members).insert(conn.id(), member).is_none();
         if new_member {
             self.metrics.member_added();
         }
@@ -233,9 +249,9 @@ impl Hub {
         let mut out = Fanout::default();
         {
             let members = read(&g.members);
-            for (&id, outbox) in members.iter() {
+            for (&id, member) in members.iter() {
                 if Some(id) != skip {
-                    self.offer(outbox, message, &mut out);
+                    self.offer(&member.outbox, message, &mut out);
                 }
             }
         }
@@ -293,6 +309,40 @@ impl Hub {
         let more = all.len() > limit;
         all.truncate(limit);
         (all, more)
+    }
+
+    /// Whether `group` has members on this node.
+    pub fn has_members(&self, group: &str) -> bool {
+        lock(self.group_shard(group)).contains_key(group)
+    }
+
+    /// Every group with members on this node.
+    pub fn group_names(&self) -> Vec<Arc<str>> {
+        let mut names = Vec::new();
+        for shard in self.groups.iter() {
+            names.extend(lock(shard).keys().cloned());
+        }
+        names
+    }
+
+    /// Tell every member of `group` that it may have missed publications
+    /// (`gap`, JSON or binary as it joined); returns how many were told.
+    /// Queued like any delivery, so a gap stands where publications went
+    /// missing, and under the same slow-consumer policy.
+    pub fn gap(&self, group: &str) -> usize {
+        let Some(g) = lock(self.group_shard(group)).get(group).cloned() else {
+            return 0;
+        };
+        let json = Prepared::text(crate::protocol::gap_json(group), &self.compression);
+        let binary = Prepared::binary(crate::protocol::gap_binary(group), &self.compression);
+        let start = Instant::now();
+        let mut out = Fanout::default();
+        for member in read(&g.members).values() {
+            let message = if member.binary { &binary } else { &json };
+            self.offer(&member.outbox, message, &mut out);
+        }
+        self.count(&out, start);
+        out.delivered
     }
 
     /// Ids of the members of `group`, or `None` if it has none.
@@ -358,6 +408,7 @@ mod tests {
             flushers: 0,
             compression_threshold: 256,
             compression_level: 1,
+            first_id: 1,
         };
         Hub::new(cfg, Arc::default())
     }
@@ -368,11 +419,11 @@ mod tests {
         let a = h.register(true, Encoding::PLAIN);
         let b = h.register(true, Encoding::PLAIN);
         assert_ne!(a.id(), b.id());
-        let j = h.join("g", &a);
+        let j = h.join("g", &a, false);
         assert!(j.new_member && j.created);
-        let j = h.join("g", &a);
+        let j = h.join("g", &a, false);
         assert!(!j.new_member && !j.created);
-        assert!(!h.join("g", &b).created);
+        assert!(!h.join("g", &b, false).created);
         assert_eq!((h.group_count(), h.member_count("g")), (1, 2));
         assert_eq!(h.leave("g", a.id()), (true, false));
         assert_eq!(h.leave("g", a.id()), (false, false));
@@ -387,8 +438,8 @@ mod tests {
             let h = hub(policy, false);
             let a = h.register(true, Encoding::PLAIN);
             let b = h.register(true, Encoding::PLAIN);
-            h.join("g", &a);
-            h.join("g", &b);
+            h.join("g", &a, false);
+            h.join("g", &b, false);
             let frame = text(b"xx");
             assert_eq!(h.fanout("g", &frame, Some(a.id())).delivered, 2);
             // Drain a only; b is slow.
@@ -437,8 +488,8 @@ mod tests {
         let h = hub(SlowConsumerPolicy::Drop, true);
         let a = h.register(true, Encoding::PLAIN);
         let b = h.register(true, Encoding::PLAIN);
-        h.join("g", &a);
-        h.join("g", &b);
+        h.join("g", &a, false);
+        h.join("g", &b, false);
         assert_eq!(h.fanout("g", &text(b"x"), Some(a.id())).delivered, 1);
         assert_eq!((a.len(), b.len()), (0, 1));
         assert!(h.send_to(999, &text(b"")).is_none());

@@ -41,9 +41,11 @@ pub enum LogKind {
     AcceptError = 2,
     /// An HTTP connection or upgrade failed.
     HttpError = 3,
+    /// A message from the cluster broker was not a roomcast envelope.
+    Broker = 4,
 }
 
-const KINDS: usize = 4;
+const KINDS: usize = 5;
 
 /// At most one line per kind per interval.
 #[derive(Debug)]

@@ -104,7 +104,7 @@ impl Protocol {
 }
 
 /// Every error code, in index order (see [`error_index`]).
-const ERROR_CODES: [ErrorCode; 8] = [
+const ERROR_CODES: [ErrorCode; 9] = [
     ErrorCode::BadRequest,
     ErrorCode::InvalidGroup,
     ErrorCode::TooManyGroups,
@@ -113,6 +113,7 @@ const ERROR_CODES: [ErrorCode; 8] = [
     ErrorCode::RateLimited,
     ErrorCode::NotAllowed,
     ErrorCode::InvalidToken,
+    ErrorCode::BrokerUnavailable,
 ];
 
 /// Position of `code` in [`ERROR_CODES`]. Exhaustive, so a new code does not
@@ -127,6 +128,7 @@ fn error_index(code: ErrorCode) -> usize {
         ErrorCode::RateLimited => 5,
         ErrorCode::NotAllowed => 6,
         ErrorCode::InvalidToken => 7,
+        ErrorCode::BrokerUnavailable => 8,
     }
 }
 
@@ -293,6 +295,13 @@ pub struct Metrics {
     compression_input: Counter,
     compression_output: Counter,
     inflated_messages: Counter,
+    broker_up: Gauge,
+    broker_reconnects: Counter,
+    broker_published: Counter,
+    broker_publish_failures: Counter,
+    broker_received: Counter,
+    broker_undecodable: Counter,
+    gaps: Counter,
 }
 
 impl Default for Metrics {
@@ -447,6 +456,44 @@ impl Metrics {
             "inflated_messages",
             "Compressed (permessage-deflate) messages received from clients and inflated",
         );
+        let broker_up = gauge(
+            r,
+            "broker_up",
+            "1 while this node's broker takes publications and holds its subscriptions \
+             (always 1 with the in-memory broker), 0 while it is down",
+        );
+        broker_up.set(1);
+        let broker_reconnects = counter(
+            r,
+            "broker_reconnects",
+            "Broker connections re-established after a loss (each followed by gaps)",
+        );
+        let broker_published = counter(
+            r,
+            "broker_published",
+            "Messages this node handed to a cluster broker and the broker took",
+        );
+        let broker_publish_failures = counter(
+            r,
+            "broker_publish_failures",
+            "Publications refused because the broker was down, did not answer, or \
+             its queue on this node was full (each answered with an error)",
+        );
+        let broker_received = counter(
+            r,
+            "broker_received",
+            "Messages this node received from a cluster broker",
+        );
+        let broker_undecodable = counter(
+            r,
+            "broker_undecodable",
+            "Messages from the broker that were not roomcast envelopes, or too large (ignored)",
+        );
+        let gaps = counter(
+            r,
+            "gaps",
+            "gap messages sent to members: their group's subscription was interrupted",
+        );
         let outbox_depth = AtomicHistogram::new(&OUTBOX_FRAMES, 1.0);
         r.register(
             "outbox_depth_frames",
@@ -480,6 +527,13 @@ impl Metrics {
             compression_input,
             compression_output,
             inflated_messages,
+            broker_up,
+            broker_reconnects,
+            broker_published,
+            broker_publish_failures,
+            broker_received,
+            broker_undecodable,
+            gaps,
         }
     }
 
@@ -623,6 +677,54 @@ impl Metrics {
     /// Compressed client messages inflated so far.
     pub fn inflated_messages(&self) -> u64 {
         self.inflated_messages.get()
+    }
+
+    /// The broker went up (`true`) or down.
+    pub fn set_broker_up(&self, up: bool) {
+        self.broker_up.set(i64::from(up));
+    }
+
+    /// Whether the broker is up, as last set.
+    pub fn broker_up(&self) -> bool {
+        self.broker_up.get() != 0
+    }
+
+    /// A lost broker connection was re-established.
+    pub fn record_broker_reconnect(&self) {
+        self.broker_reconnects.inc();
+    }
+
+    /// Broker connections re-established so far.
+    pub fn broker_reconnects(&self) -> u64 {
+        self.broker_reconnects.get()
+    }
+
+    /// The broker took `n` messages.
+    pub fn record_broker_published(&self, n: usize) {
+        self.broker_published.inc_by(n as u64);
+    }
+
+    /// `n` publications were refused for want of a broker.
+    pub fn record_broker_publish_failures(&self, n: usize) {
+        self.broker_publish_failures.inc_by(n as u64);
+    }
+
+    /// A message arrived from the broker; `decoded` tells whether it was one.
+    pub fn record_broker_received(&self, decoded: bool) {
+        self.broker_received.inc();
+        if !decoded {
+            self.broker_undecodable.inc();
+        }
+    }
+
+    /// `n` gap messages were queued for members.
+    pub fn record_gaps(&self, n: usize) {
+        self.gaps.inc_by(n as u64);
+    }
+
+    /// Gap messages sent so far.
+    pub fn gaps(&self) -> u64 {
+        self.gaps.get()
     }
 
     /// An upgrade was refused by the admission limits.

@@ -7,9 +7,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Auth;
+use crate::broker::cluster::{ClusterBroker, Transport};
+use crate::broker::nats::NatsTransport;
+use crate::broker::redis::RedisTransport;
 use crate::broker::{Broker, MemoryBroker};
-use crate::config::Config;
+use crate::config::{BrokerSpec, Config};
 use crate::hub::{Hub, HubConfig};
+use crate::id::{ClientId, ConnId};
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 
@@ -18,6 +22,9 @@ pub struct Node {
     /// This node's name (`--node-name`, or the host name and a random
     /// suffix).
     pub name: Arc<str>,
+    /// Whether the broker is a cluster broker (connection ids then name
+    /// their node).
+    pub cluster: bool,
     /// Effective configuration.
     pub config: Config,
     /// Local connections and groups.
@@ -54,8 +61,28 @@ impl Node {
         Self::with_auth(config, auth)
     }
 
-    /// A node with the in-memory broker and a ready token verifier.
+    /// A node with the broker its configuration names and a ready token
+    /// verifier. A cluster broker starts connecting in the background (on
+    /// the current runtime), so this must run inside one then.
     pub fn with_auth(config: Config, auth: Option<Arc<Auth>>) -> Arc<Self> {
+        let spec = config
+            .broker_spec()
+            .unwrap_or_else(|e| panic!("{e}: validate the config first"));
+        let name: Arc<str> = config
+            .node_name
+            .clone()
+            .unwrap_or_else(crate::config::default_node_name)
+            .into();
+        // In a cluster, ids count from the start time in microseconds: a
+        // node restarted under the same name does not hand out the ids of
+        // its previous life again (unless it took more than a million
+        // connections a second).
+        let first_id = match spec {
+            BrokerSpec::Memory => 1,
+            _ => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_micros() as u64),
+        };
         let metrics = Arc::new(Metrics::default());
         let hub = Arc::new(Hub::new(
             HubConfig {
@@ -68,25 +95,62 @@ impl Node {
                     .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
                 compression_threshold: config.compression_threshold,
                 compression_level: config.compression_level,
+                first_id,
             },
             metrics.clone(),
         ));
-        let broker = Arc::new(MemoryBroker::new(hub.clone()));
+        let shutdown = CancellationToken::new();
+        let transport: Option<Box<dyn Transport>> = match &spec {
+            BrokerSpec::Memory => None,
+            BrokerSpec::Redis(url) => Some(Box::new(
+                RedisTransport::new(url).unwrap_or_else(|e| panic!("{e}: validate the config first")),
+            )),
+            BrokerSpec::Nats(url) => Some(Box::new(
+                NatsTransport::new(url, name.clone())
+                    .unwrap_or_else(|e| panic!("{e}: validate the config first")),
+            )),
+        };
+        let broker: Arc<dyn Broker> = match transport {
+            None => Arc::new(MemoryBroker::new(hub.clone())),
+            Some(t) => ClusterBroker::start(
+                t,
+                name.clone(),
+                hub.clone(),
+                metrics.clone(),
+                config.max_message_size,
+                shutdown.clone(),
+            ),
+        };
         let limits = Arc::new(config.limits());
-        let name = config
-            .node_name
-            .clone()
-            .unwrap_or_else(crate::config::default_node_name);
         Arc::new(Self {
-            name: name.into(),
+            cluster: spec != BrokerSpec::Memory,
+            name,
             config,
             hub,
             broker,
             metrics,
             limits,
             auth,
-            shutdown: CancellationToken::new(),
+            shutdown,
             tracker: TaskTracker::new(),
         })
+    }
+}
+
+impl Node {
+    /// The id clients see for connection `conn` of this node.
+    pub fn client_id(&self, conn: ConnId) -> ClientId {
+        ClientId {
+            node: self.cluster.then(|| self.name.clone()),
+            conn,
+        }
+    }
+
+    /// Whether `id` names a connection of this node.
+    pub fn is_local(&self, id: &ClientId) -> bool {
+        match &id.node {
+            None => !self.cluster,
+            Some(n) => self.cluster && *n == self.name,
+        }
     }
 }

@@ -17,7 +17,7 @@ use std::fmt::Write as _;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::id::ConnId;
+use crate::id::ClientId;
 use crate::ws::frame::FramePayload;
 
 /// Longest group name, in bytes.
@@ -31,6 +31,8 @@ pub const BIN_LEAVE: u32 = 2;
 pub const BIN_PUBLISH: u32 = 3;
 /// A message delivered to a member (server to client).
 pub const BIN_MESSAGE: u32 = 4;
+/// The member may have missed publications to a group (server to client).
+pub const BIN_GAP: u32 = 5;
 
 /// Error codes sent in `error` frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +53,9 @@ pub enum ErrorCode {
     NotAllowed,
     /// A `refresh` token is invalid or expired.
     InvalidToken,
+    /// The cluster's broker is down or not answering: the request was not
+    /// carried out (a publication was not taken, a subscription not made).
+    BrokerUnavailable,
 }
 
 impl ErrorCode {
@@ -65,6 +70,7 @@ impl ErrorCode {
             Self::RateLimited => "rate_limited",
             Self::NotAllowed => "not_allowed",
             Self::InvalidToken => "invalid_token",
+            Self::BrokerUnavailable => "broker_unavailable",
         }
     }
 }
@@ -338,7 +344,7 @@ fn json_str(out: &mut FramePayload, s: &str) {
 }
 
 /// `{"type":"welcome","conn":"<id>"}`
-pub fn welcome(conn: ConnId) -> FramePayload {
+pub fn welcome(conn: &ClientId) -> FramePayload {
     let mut s = String::with_capacity(48);
     let _ = write!(s, r#"{{"type":"welcome","conn":"{conn}"}}"#);
     let mut out = FramePayload::with_capacity(s.len());
@@ -403,7 +409,7 @@ pub fn error(e: &RequestError<'_>) -> FramePayload {
 /// `data` must be valid JSON text.
 pub fn message_json(
     group: Option<&str>,
-    from: Option<ConnId>,
+    from: Option<&ClientId>,
     user: Option<&str>,
     data: &[u8],
 ) -> FramePayload {
@@ -425,6 +431,27 @@ pub fn message_json(
     out.extend_from_slice(br#","data":"#);
     out.extend_from_slice(data);
     out.push(b'}');
+    out
+}
+
+/// `{"type":"gap","group":"<group>"}`: this node's subscription to the
+/// group was interrupted (its broker connection was lost and is back), so
+/// the member may have missed publications.
+pub fn gap_json(group: &str) -> FramePayload {
+    let mut out = FramePayload::with_capacity(24 + group.len());
+    out.extend_from_slice(br#"{"type":"gap","group":"#);
+    json_str(&mut out, group);
+    out.push(b'}');
+    out
+}
+
+/// Binary gap: type 5 (LE u32), group length, group.
+pub fn gap_binary(group: &str) -> FramePayload {
+    debug_assert!(group.len() <= MAX_GROUP_LEN);
+    let mut out = FramePayload::with_capacity(5 + group.len());
+    out.extend_from_slice(&BIN_GAP.to_le_bytes());
+    out.push(group.len() as u8);
+    out.extend_from_slice(group.as_bytes());
     out
 }
 
@@ -566,12 +593,22 @@ mod tests {
         let id = RawValue::from_string("\"a\"".into()).unwrap();
         assert_eq!(payload(&ack(&id)), r#"{"type":"ack","id":"a"}"#);
         assert_eq!(payload(&pong(None)), r#"{"type":"pong"}"#);
-        assert_eq!(payload(&welcome(42)), r#"{"type":"welcome","conn":"42"}"#);
+        let id42 = ClientId { node: None, conn: 42 };
+        assert_eq!(payload(&welcome(&id42)), r#"{"type":"welcome","conn":"42"}"#);
+        let remote = ClientId::parse("n-1.9").unwrap();
+        assert_eq!(payload(&welcome(&remote)), r#"{"type":"welcome","conn":"n-1.9"}"#);
+        assert_eq!(payload(&gap_json("g\"")), r#"{"type":"gap","group":"g\""}"#);
+        assert_eq!(&gap_binary("ab")[..], b"\x05\0\0\0\x02ab");
         let e = RequestError::new(Some(&id), ErrorCode::TooManyGroups, "say \"no\"");
         let v: serde_json::Value = serde_json::from_str(payload(&error(&e))).unwrap();
         assert_eq!(v["code"], "too_many_groups");
         assert_eq!(v["message"], "say \"no\"");
-        let m = message_json(Some("g\"1"), Some(7), None, br#"{"k":1}"#);
+        let m = message_json(
+            Some("g\"1"),
+            Some(&ClientId { node: None, conn: 7 }),
+            None,
+            br#"{"k":1}"#,
+        );
         let v: serde_json::Value = serde_json::from_str(payload(&m)).unwrap();
         assert_eq!(
             v,

@@ -11,10 +11,11 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use crate::auth::Grant;
-use crate::broker::{BrokerError, Payload, Publication, Target};
+use crate::broker::{BrokerError, Payload, Pending, Publication, Target};
 use crate::conn::{Conn, ConnError, Incoming};
 use crate::disconnect::Disconnect;
 use crate::hub::Hub;
+use crate::id::ClientId;
 use crate::limits::{MessageBucket, RateVerdict};
 use crate::metrics::{Protocol, Source};
 use crate::node::Node;
@@ -25,6 +26,7 @@ use crate::ws::Event;
 use crate::ws::close;
 use crate::ws::frame::{self, FramePayload, OP_BINARY, OP_PONG, OP_TEXT};
 use crate::ws::handshake::Negotiated;
+use serde_json::value::RawValue;
 
 /// Which endpoint the client connected to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,7 +153,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             self.outbox.request_close(Disconnect::Shutdown);
         }
         if self.mode == Mode::Protocol {
-            self.reply(protocol::welcome(self.outbox.id()));
+            self.reply(protocol::welcome(&self.node.client_id(self.outbox.id())));
             self.next_ping = self.node.config.ping().map(|p| Instant::now() + p);
         }
         self.arm_timer();
@@ -271,9 +273,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Err(e) => return self.reply_error(&e),
         };
         let result = match request {
-            Request::Join { group } => self.join(&group).await,
+            Request::Join { group } => self.join(&group, kind == Protocol::Binary).await,
             Request::Leave { group } => {
-                self.leave(&group).await;
+                self.leave(&group);
                 Ok(())
             }
             Request::Publish { group, data } => {
@@ -281,11 +283,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     Data::Json(raw) => Payload::Json(message.slice_ref(raw.as_bytes())),
                     Data::Binary(raw) => Payload::Binary(message.slice_ref(raw)),
                 };
-                self.publish(&group, payload).await
+                match self.publish(&group, payload) {
+                    Ok(pending) => return self.answer_when_taken(id, pending, None),
+                    Err(f) => Err(f),
+                }
             }
             Request::Send { to, data } => {
-                self.send(&to, Payload::Json(message.slice_ref(data.as_bytes())))
-                    .await
+                let payload = Payload::Json(message.slice_ref(data.as_bytes()));
+                match ClientId::parse(&to) {
+                    Some(target) => {
+                        let pending = self.publish_to(Target::Conn(target), payload);
+                        return self.answer_when_taken(id, pending, Some(&to));
+                    }
+                    None => Err(unknown_connection(&to)),
+                }
             }
             Request::Refresh { token } => self.refresh(&token).await,
             Request::Ping => {
@@ -293,19 +304,38 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 return;
             }
         };
-        match result {
-            Ok(()) => {
-                if let Some(id) = id {
-                    self.reply(protocol::ack(id));
-                }
+        answer(&self.node, &self.outbox, id, result);
+    }
+
+    /// Answer a publication (or send to `to`) once the broker has taken
+    /// it. The session does not wait: with a cluster broker the answer
+    /// comes from a small task while the session goes on reading, and
+    /// publications pipeline (the broker keeps their order).
+    fn answer_when_taken(&self, id: Option<&RawValue>, pending: Pending, to: Option<&str>) {
+        match pending {
+            Pending::Ready(r) => answer(&self.node, &self.outbox, id, r.map_err(|e| broker_failure(e, to))),
+            Pending::Waiting(_) => {
+                let node = self.node.clone();
+                let outbox = self.outbox.clone();
+                let id: Option<Box<RawValue>> = id.map(ToOwned::to_owned);
+                let to: Option<Box<str>> = to.map(Into::into);
+                tokio::spawn(async move {
+                    let r = pending.wait().await;
+                    answer(
+                        &node,
+                        &outbox,
+                        id.as_deref(),
+                        r.map_err(|e| broker_failure(e, to.as_deref())),
+                    );
+                });
             }
-            Err((code, message)) => self.reply_error(&RequestError { id, code, message }),
         }
     }
 
     /// `join`: become a member, subscribing the node to the group's
-    /// publications when this is its first local member.
-    async fn join(&mut self, group: &str) -> Result<(), Failure> {
+    /// publications if it is not yet; answered once the subscription is in
+    /// place, so that whatever is published after the ack arrives.
+    async fn join(&mut self, group: &str, binary: bool) -> Result<(), Failure> {
         if self.grant.as_ref().is_some_and(|g| !g.join.allows(group)) {
             return Err((
                 ErrorCode::NotAllowed,
@@ -322,27 +352,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 format!("a connection may be in at most {max} groups").into(),
             ));
         }
-        let joined = self.node.hub.join(group, &self.outbox);
-        if joined.created
-            && let Err(e) = self.node.broker.subscribe(joined.name.clone()).await
-        {
-            self.leave_hub(&joined.name).await;
-            return Err((ErrorCode::Internal, e.to_string().into()));
+        let joined = self.node.hub.join(group, &self.outbox, binary);
+        if let Err(e) = self.node.broker.subscribe(&joined.name).wait().await {
+            self.leave_hub(&joined.name);
+            return Err(broker_failure(e, None));
         }
         self.membership.groups.push(joined.name);
         Ok(())
     }
 
     /// `leave` (idempotent).
-    async fn leave(&mut self, group: &str) {
+    fn leave(&mut self, group: &str) {
         if let Some(pos) = self.membership.groups.iter().position(|g| **g == *group) {
             let name = self.membership.groups.swap_remove(pos);
-            self.leave_hub(&name).await;
+            self.leave_hub(&name);
         }
     }
 
     /// `publish`: hand the payload to the broker for every member.
-    async fn publish(&self, group: &str, payload: Payload) -> Result<(), Failure> {
+    fn publish(&self, group: &str, payload: Payload) -> Result<Pending, Failure> {
         if self.grant.as_ref().is_some_and(|g| !g.publish.allows(group)) {
             return Err((
                 ErrorCode::NotAllowed,
@@ -357,25 +385,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             .find(|g| ***g == *group)
             .cloned()
             .unwrap_or_else(|| Arc::from(group));
-        self.publish_to(Target::Group(name), payload)
-            .await
-            .map_err(|e| (ErrorCode::Internal, e.to_string().into()))
-    }
-
-    /// `send`: a direct message to one connection.
-    async fn send(&self, to: &str, payload: Payload) -> Result<(), Failure> {
-        let unknown = || {
-            (
-                ErrorCode::UnknownConnection,
-                format!("no connection with id '{to}'").into(),
-            )
-        };
-        let target = to.parse().map_err(|_| unknown())?;
-        match self.publish_to(Target::Conn(target), payload).await {
-            Ok(()) => Ok(()),
-            Err(BrokerError::UnknownConnection(_)) => Err(unknown()),
-            Err(e) => Err((ErrorCode::Internal, e.to_string().into())),
-        }
+        Ok(self.publish_to(Target::Group(name), payload))
     }
 
     /// `refresh`: replace the token with a newer one for the same user.
@@ -403,7 +413,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             .cloned()
             .collect();
         for group in revoked {
-            self.leave(&group).await;
+            self.leave(&group);
             self.reply(protocol::left(&group, "the new token does not allow this group"));
         }
         self.expires = new.deadline(Instant::now());
@@ -484,33 +494,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     fn reply_error(&self, e: &RequestError<'_>) {
-        self.node.metrics.record_error_sent(e.code);
-        self.reply(protocol::error(e));
+        reply_error(&self.node, &self.outbox, e);
     }
 
-    /// Queue a message the connection owes its own client (compressed
-    /// for it when it negotiated deflate and the message is long enough).
+    /// Queue a message the connection owes its own client.
     fn reply(&self, payload: FramePayload) {
-        let message = Prepared::text(payload, self.node.hub.compression());
-        self.outbox.push_reply(message.frame(self.outbox.encoding()));
+        reply(&self.node, &self.outbox, payload);
     }
 
-    async fn publish_to(&self, target: Target, payload: Payload) -> Result<(), BrokerError> {
+    fn publish_to(&self, target: Target, payload: Payload) -> Pending {
         let publication = Publication {
             target,
-            from: Some(self.outbox.id()),
+            from: Some(self.node.client_id(self.outbox.id())),
             user: self.grant.as_ref().and_then(|g| g.user.clone()),
             payload,
         };
-        self.node.broker.publish(publication).await
+        self.node.broker.publish(publication)
     }
 
-    /// Leave `name` in the hub, telling the broker when the node lost its
-    /// last member.
-    async fn leave_hub(&self, name: &Arc<str>) {
+    /// Leave `name` in the hub, telling the broker when the node may have
+    /// lost its last member.
+    fn leave_hub(&self, name: &Arc<str>) {
         let (_, removed) = self.node.hub.leave(name, self.outbox.id());
-        if removed && let Err(e) = self.node.broker.unsubscribe(name.clone()).await {
-            debug!(group = %name, error = %e, "broker unsubscribe failed");
+        if removed {
+            self.node.broker.unsubscribe(name);
         }
     }
 
@@ -518,9 +525,49 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// empty; [`Membership`]'s drop then unregisters.
     async fn cleanup(&mut self) {
         for name in std::mem::take(&mut self.membership.groups) {
-            self.leave_hub(&name).await;
+            self.leave_hub(&name);
         }
         self.outbox.discard();
+    }
+}
+
+/// Queue a message connection `outbox` owes its own client (compressed
+/// for it when it negotiated deflate and the message is long enough).
+fn reply(node: &Node, outbox: &Outbox, payload: FramePayload) {
+    let message = Prepared::text(payload, node.hub.compression());
+    outbox.push_reply(message.frame(outbox.encoding()));
+}
+
+fn reply_error(node: &Node, outbox: &Outbox, e: &RequestError<'_>) {
+    node.metrics.record_error_sent(e.code);
+    reply(node, outbox, protocol::error(e));
+}
+
+/// The reply to a request with `id`: `ack` when it had an id and
+/// succeeded, `error` when it failed.
+fn answer(node: &Node, outbox: &Outbox, id: Option<&RawValue>, result: Result<(), Failure>) {
+    match result {
+        Ok(()) => {
+            if let Some(id) = id {
+                reply(node, outbox, protocol::ack(id));
+            }
+        }
+        Err((code, message)) => reply_error(node, outbox, &RequestError { id, code, message }),
+    }
+}
+
+fn unknown_connection(to: &str) -> Failure {
+    (
+        ErrorCode::UnknownConnection,
+        format!("no connection with id '{to}'").into(),
+    )
+}
+
+/// The error reply for a broker failure (`to`: the target of a send).
+fn broker_failure(e: BrokerError, to: Option<&str>) -> Failure {
+    match e {
+        BrokerError::UnknownConnection(id) => unknown_connection(to.unwrap_or(&id.to_string())),
+        BrokerError::Unavailable(m) => (ErrorCode::BrokerUnavailable, m.into()),
     }
 }
 

@@ -128,7 +128,8 @@ proptest! {
     #[test]
     fn published_json_is_delivered_verbatim(n in any::<i64>(), s in ".{0,50}", group in "[a-z]{1,10}") {
         let data = serde_json::json!({"n": n, "s": s, "list": [1, "two", null]}).to_string();
-        let payload = protocol::message_json(Some(&group), Some(7), Some("u"), data.as_bytes());
+        let from = roomcast::id::ClientId { node: None, conn: 7 };
+        let payload = protocol::message_json(Some(&group), Some(&from), Some("u"), data.as_bytes());
         let mut d = Decoder::new(1 << 20);
         // Mask the payload as a client would, to reuse the decoder.
         let wire = client_frame(true, OP_TEXT, [9, 8, 7, 6], &payload);

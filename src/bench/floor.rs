@@ -197,10 +197,18 @@ pub fn run(args: &FloorArgs, sources: usize, fd_limit: u64) -> anyhow::Result<Re
 /// of `size` bytes published by a connection (what `fanout` receives).
 pub fn record_len(size: usize) -> usize {
     let data = format!("\"{}\"", "x".repeat(size));
-    message_json(Some("g0"), Some(10_001), None, data.as_bytes())
-        .finish(OP_TEXT)
-        .len()
-        .max(HEAD)
+    message_json(
+        Some("g0"),
+        Some(&crate::id::ClientId {
+            node: None,
+            conn: 10_001,
+        }),
+        None,
+        data.as_bytes(),
+    )
+    .finish(OP_TEXT)
+    .len()
+    .max(HEAD)
 }
 
 /// Open `n` connected pairs over loopback, the client ends bound to

@@ -2,8 +2,10 @@
 
 use std::sync::Arc;
 
-use super::{BoxFuture, Broker, BrokerError, Publication, deliver_local};
+use super::{Broker, Pending, Publication, Status, deliver_local, disconnect_local};
+use crate::disconnect::ApiClose;
 use crate::hub::Hub;
+use crate::id::ClientId;
 
 /// Delivers every publication to this process's hub.
 #[derive(Debug, Clone)]
@@ -19,16 +21,25 @@ impl MemoryBroker {
 }
 
 impl Broker for MemoryBroker {
-    fn publish(&self, publication: Publication) -> BoxFuture<'_, Result<(), BrokerError>> {
-        let result = deliver_local(&self.hub, &publication).map(|_| ());
-        Box::pin(std::future::ready(result))
+    fn publish(&self, publication: Publication) -> Pending {
+        Pending::Ready(deliver_local(&self.hub, &publication, None).map(|_| ()))
     }
 
-    fn subscribe(&self, _group: Arc<str>) -> BoxFuture<'_, Result<(), BrokerError>> {
-        Box::pin(std::future::ready(Ok(())))
+    fn disconnect(&self, conn: ClientId, close: ApiClose) -> Pending {
+        Pending::Ready(disconnect_local(&self.hub, &conn, close, None).map(|_| ()))
     }
 
-    fn unsubscribe(&self, _group: Arc<str>) -> BoxFuture<'_, Result<(), BrokerError>> {
-        Box::pin(std::future::ready(Ok(())))
+    fn subscribe(&self, _group: &Arc<str>) -> Pending {
+        Pending::Ready(Ok(()))
+    }
+
+    fn unsubscribe(&self, _group: &Arc<str>) {}
+
+    fn status(&self) -> Status {
+        Status {
+            kind: "memory",
+            up: true,
+            error: None,
+        }
     }
 }

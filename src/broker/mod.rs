@@ -2,37 +2,46 @@
 //!
 //! Sessions and the HTTP API never fan out themselves: they hand a
 //! [`Publication`] to the node's [`Broker`]. The in-memory broker delivers it
-//! straight to the local [`Hub`](crate::hub::Hub); a cluster broker (Redis,
-//! NATS) sends it to every node, and each node's subscriber task delivers it
-//! to its own hub. The broker carries payloads, never frames: each node
-//! prepares a publication once for its own members ([`Prepared`]).
+//! straight to the local [`Hub`]; a cluster broker ([`cluster`], over Redis
+//! or NATS) sends it to every node that has members, and each node delivers
+//! what arrives to its own hub. The broker carries payloads, never frames:
+//! each node prepares a publication once for its own members
+//! ([`Prepared`]).
+//!
+//! As in centrifuge, the broker is only publish, subscribe, unsubscribe and
+//! a handler for what arrives; history and presence will stand beside it
+//! behind interfaces of their own.
 
+pub mod cluster;
 pub mod memory;
+pub mod nats;
+pub mod redis;
+pub mod wire;
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use tokio::sync::oneshot;
 
+use crate::disconnect::{ApiClose, Disconnect};
 use crate::hub::{Fanout, Hub};
-use crate::id::ConnId;
+use crate::id::ClientId;
 use crate::prepared::Prepared;
 use crate::protocol;
 
 pub use memory::MemoryBroker;
 
-/// A boxed, sendable future (the trait is used as `dyn Broker`).
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+/// A boxed, sendable future.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Where a publication goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
-    /// Every member of a group.
+    /// Every member of a group, on every node.
     Group(Arc<str>),
-    /// One connection.
-    Conn(ConnId),
-    /// Every connection.
+    /// One connection, on whichever node holds it.
+    Conn(ClientId),
+    /// Every connection of every node.
     All,
 }
 
@@ -45,13 +54,22 @@ pub enum Payload {
     Binary(Bytes),
 }
 
+impl Payload {
+    /// The bytes, JSON text or binary.
+    pub fn bytes(&self) -> &Bytes {
+        match self {
+            Self::Json(b) | Self::Binary(b) => b,
+        }
+    }
+}
+
 /// One message on its way to its recipients.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Publication {
     /// Recipients.
     pub target: Target,
     /// The publishing connection, if a client published it.
-    pub from: Option<ConnId>,
+    pub from: Option<ClientId>,
     /// The publisher's user (JWT `sub`), if it authenticated.
     pub user: Option<Arc<str>>,
     /// The payload.
@@ -61,49 +79,117 @@ pub struct Publication {
 /// Why a publication or subscription failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BrokerError {
-    /// A direct message to a connection that is not connected.
+    /// A direct message or disconnect for a connection that is not
+    /// connected (as far as this node can tell).
     #[error("no connection with id {0}")]
-    UnknownConnection(ConnId),
-    /// The broker could not carry the message (cluster brokers).
+    UnknownConnection(ClientId),
+    /// The broker could not carry the message: it is down, did not answer
+    /// in time, or this node's queue to it is full.
     #[error("broker unavailable: {0}")]
     Unavailable(String),
 }
 
-/// Carries publications to every node's hub.
-pub trait Broker: Send + Sync + 'static {
-    /// Deliver `publication` to its recipients on every node. `Ok` means
-    /// the broker took it: with one node, it is queued for every local
-    /// recipient whose queue accepted it; in a cluster, it is on its way to
-    /// every node. How many frames end up queued is known only on each
-    /// node, in its metrics; no caller is told.
-    fn publish(&self, publication: Publication) -> BoxFuture<'_, Result<(), BrokerError>>;
-
-    /// This node gained its first member of `group`: start receiving its
-    /// publications. Completes once publications to the group will arrive.
-    fn subscribe(&self, group: Arc<str>) -> BoxFuture<'_, Result<(), BrokerError>>;
-
-    /// This node lost its last member of `group`.
-    fn unsubscribe(&self, group: Arc<str>) -> BoxFuture<'_, Result<(), BrokerError>>;
+/// The broker's answer to a request: known at once (the memory broker, or
+/// a cluster broker that is down), or once the broker has answered.
+#[derive(Debug)]
+pub enum Pending {
+    /// Answered.
+    Ready(Result<(), BrokerError>),
+    /// To be answered; a dropped sender means the broker went away.
+    Waiting(oneshot::Receiver<Result<(), BrokerError>>),
 }
 
-/// Prepare `p` once and queue it for its recipients on this node.
-pub fn deliver_local(hub: &Hub, p: &Publication) -> Result<Fanout, BrokerError> {
+impl Pending {
+    /// Wait for the answer.
+    pub async fn wait(self) -> Result<(), BrokerError> {
+        match self {
+            Self::Ready(r) => r,
+            Self::Waiting(rx) => rx
+                .await
+                .unwrap_or_else(|_| Err(BrokerError::Unavailable("the broker task ended".into()))),
+        }
+    }
+}
+
+/// What the broker is and whether it works, for `/readyz`, `/stats` and
+/// the logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// `memory`, `redis` or `nats`.
+    pub kind: &'static str,
+    /// Takes publications and holds this node's subscriptions.
+    pub up: bool,
+    /// Why it is down, when it is.
+    pub error: Option<String>,
+}
+
+/// Carries publications to every node's hub.
+pub trait Broker: Send + Sync + 'static {
+    /// Send `publication` to its recipients on every node. Publications
+    /// from one caller are delivered in the order they were given here.
+    /// `Ok` means the broker took it: with one node, it is queued for every
+    /// local recipient whose queue accepted it; in a cluster, the broker
+    /// has it and passes it to every subscribed node. How many frames end
+    /// up queued is known only on each node, in its metrics.
+    fn publish(&self, publication: Publication) -> Pending;
+
+    /// Close connection `conn`, on whichever node holds it, after what is
+    /// already queued for it.
+    fn disconnect(&self, conn: ClientId, close: ApiClose) -> Pending;
+
+    /// A member of `group` joined on this node: make sure the node receives
+    /// the group's publications. Answered once they will arrive, so
+    /// anything published after the answer reaches the new member.
+    fn subscribe(&self, group: &Arc<str>) -> Pending;
+
+    /// This node lost what may be its last member of `group`: drop the
+    /// subscription unless members are back by the time it is looked at.
+    fn unsubscribe(&self, group: &Arc<str>);
+
+    /// What the broker is and whether it is up.
+    fn status(&self) -> Status;
+}
+
+/// Prepare `p` once and queue it for its recipients on this node, whose
+/// name in the cluster is `node` (`None` on a single node). A connection id
+/// naming another node is unknown here.
+pub fn deliver_local(hub: &Hub, p: &Publication, node: Option<&str>) -> Result<Fanout, BrokerError> {
+    let is_local = |id: &ClientId| id.node.as_deref() == node;
     let group = match &p.target {
         Target::Group(g) => Some(&**g),
         _ => None,
     };
     let c = hub.compression();
     let message = match &p.payload {
-        Payload::Json(data) => {
-            Prepared::text(protocol::message_json(group, p.from, p.user.as_deref(), data), c)
-        }
+        Payload::Json(data) => Prepared::text(
+            protocol::message_json(group, p.from.as_ref(), p.user.as_deref(), data),
+            c,
+        ),
         Payload::Binary(data) => Prepared::binary(protocol::message_binary(group.unwrap_or(""), data), c),
     };
     match &p.target {
-        Target::Group(g) => Ok(hub.fanout(g, &message, p.from)),
-        Target::Conn(id) => hub
-            .send_to(*id, &message)
-            .ok_or(BrokerError::UnknownConnection(*id)),
+        Target::Group(g) => {
+            let publisher = p.from.as_ref().filter(|f| is_local(f)).map(|f| f.conn);
+            Ok(hub.fanout(g, &message, publisher))
+        }
+        Target::Conn(id) => is_local(id)
+            .then(|| hub.send_to(id.conn, &message))
+            .flatten()
+            .ok_or_else(|| BrokerError::UnknownConnection(id.clone())),
         Target::All => Ok(hub.broadcast(&message)),
     }
+}
+
+/// Close a connection of this node (see [`deliver_local`] for `node`).
+pub fn disconnect_local(
+    hub: &Hub,
+    conn: &ClientId,
+    close: ApiClose,
+    node: Option<&str>,
+) -> Result<bool, BrokerError> {
+    let outbox = (conn.node.as_deref() == node)
+        .then(|| hub.connection(conn.conn))
+        .flatten()
+        .ok_or_else(|| BrokerError::UnknownConnection(conn.clone()))?;
+    Ok(outbox.request_close(Disconnect::Api(Box::new(close))))
 }

@@ -38,6 +38,7 @@ use serde_json::value::RawValue;
 
 use crate::broker::{BrokerError, Payload, Publication, Target};
 use crate::disconnect::{API_DISCONNECT, ApiClose, Disconnect};
+use crate::id::ClientId;
 use crate::node::Node;
 use crate::protocol::validate_group;
 
@@ -332,14 +333,18 @@ async fn publish_from_api(node: &Node, target: Target, payload: Payload, body_le
         user: None,
         payload,
     };
-    match node.broker.publish(publication).await {
+    match node.broker.publish(publication).wait().await {
         Ok(()) => Ok(axum::Json(json!({ "published": true })).into_response()),
-        Err(BrokerError::UnknownConnection(id)) => Err(unknown_connection(&id.to_string())),
-        Err(e) => Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            e.to_string(),
-        )),
+        Err(e) => Err(broker_error(e)),
+    }
+}
+
+fn broker_error(e: BrokerError) -> ApiError {
+    match e {
+        BrokerError::UnknownConnection(id) => unknown_connection(&id.to_string()),
+        BrokerError::Unavailable(m) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "broker_unavailable", m)
+        }
     }
 }
 
@@ -456,8 +461,14 @@ async fn send(State(node): State<Arc<Node>>, req: Request) -> ApiResult {
     json_only(&req)?;
     let body = read_message_body(&node, req).await?;
     let b: SendBody<'_> = parse_json(&body)?;
-    let id: u64 = b.to.parse().map_err(|_| unknown_connection(&b.to))?;
-    publish_from_api(&node, Target::Conn(id), data_bytes(&body, b.data), body.len()).await
+    let id = ClientId::parse(&b.to).ok_or_else(|| unknown_connection(&b.to))?;
+    publish_from_api(&node, Target::Conn(id), data_bytes(&body, b.data), body.len())
+        .await
+        .map_err(|e| match e.code {
+            // Name the id as the caller wrote it.
+            "unknown_connection" => unknown_connection(&b.to),
+            _ => e,
+        })
 }
 
 #[derive(Deserialize)]
@@ -493,16 +504,28 @@ async fn disconnect(State(node): State<Arc<Node>>, req: Request) -> ApiResult {
     if b.reason.len() > 123 {
         return Err(ApiError::bad_request("'reason' must be at most 123 bytes"));
     }
-    let outbox = b
-        .conn
-        .parse()
-        .ok()
-        .and_then(|id| node.hub.connection(id))
-        .ok_or_else(|| unknown_connection(&b.conn))?;
-    let accepted = outbox.request_close(Disconnect::Api(Box::new(ApiClose {
+    let id = ClientId::parse(&b.conn).ok_or_else(|| unknown_connection(&b.conn))?;
+    let close = ApiClose {
         code: b.code,
         reason: b.reason.into(),
-    })));
+    };
+    if !node.is_local(&id) {
+        // Another node's connection: the broker carries the request there.
+        return match node.broker.disconnect(id, close).wait().await {
+            Ok(()) => Ok((
+                StatusCode::ACCEPTED,
+                axum::Json(json!({ "conn": b.conn, "code": b.code, "forwarded": true })),
+            )
+                .into_response()),
+            Err(BrokerError::UnknownConnection(_)) => Err(unknown_connection(&b.conn)),
+            Err(e) => Err(broker_error(e)),
+        };
+    }
+    let outbox = node
+        .hub
+        .connection(id.conn)
+        .ok_or_else(|| unknown_connection(&b.conn))?;
+    let accepted = outbox.request_close(Disconnect::Api(Box::new(close)));
     Ok(axum::Json(json!({
         "conn": b.conn,
         "code": b.code,
@@ -572,7 +595,7 @@ async fn group_info(
             "no group with that name has members",
         )
     })?;
-    let conns: Vec<String> = ids.iter().map(u64::to_string).collect();
+    let conns: Vec<String> = ids.iter().map(|&id| node.client_id(id).to_string()).collect();
     Ok(axum::Json(json!({ "name": group, "members": conns.len(), "connections": conns })).into_response())
 }
 

@@ -15,14 +15,30 @@ pub async fn healthz() -> Response {
     (StatusCode::OK, axum::Json(serde_json::json!({ "status": "ok" }))).into_response()
 }
 
-/// 200 while serving; 503 `shutting_down` once shutdown has begun.
+/// 200 while serving; 503 `shutting_down` once shutdown has begun, and
+/// 503 `broker_unavailable` (naming the broker) while a cluster broker is
+/// down: a load balancer then sends new clients to nodes that can serve
+/// them.
 pub async fn readyz(State(node): State<Arc<Node>>) -> Response {
     if node.shutdown.is_cancelled() {
         return super::shutting_down();
     }
+    let broker = node.broker.status();
+    if !broker.up {
+        let why = broker.error.unwrap_or_default();
+        let body = serde_json::json!({
+            "status": "not_ready",
+            "error": {
+                "code": "broker_unavailable",
+                "message": format!("the {} broker is down: {why}", broker.kind),
+            },
+            "broker": { "kind": broker.kind, "up": false },
+        });
+        return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
+    }
     (
         StatusCode::OK,
-        axum::Json(serde_json::json!({ "status": "ready" })),
+        axum::Json(serde_json::json!({ "status": "ready", "broker": { "kind": broker.kind, "up": true } })),
     )
         .into_response()
 }

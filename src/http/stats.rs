@@ -72,6 +72,9 @@ impl Snapshot {
 #[derive(Serialize)]
 struct Named<'a> {
     node: &'a str,
+    /// `memory`, `redis` or `nats`.
+    broker: &'static str,
+    broker_up: bool,
     #[serde(flatten)]
     snapshot: Snapshot,
 }
@@ -88,8 +91,11 @@ pub async fn stats(State(node): State<Arc<Node>>, headers: HeaderMap, req: Reque
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.contains("application/json"));
     if wants_json {
+        let status = node.broker.status();
         axum::Json(Named {
             node: &node.name,
+            broker: status.kind,
+            broker_up: status.up,
             snapshot: snap,
         })
         .into_response()

@@ -2,6 +2,8 @@
 //! and talk to it with a real WebSocket client (tokio-tungstenite).
 #![allow(dead_code)]
 
+pub mod brokers;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,0 +1,671 @@
+//! The machinery every cluster broker shares, whatever carries the bytes
+//! (a [`Transport`]: [`super::redis`] or [`super::nats`]).
+//!
+//! One supervisor task per node keeps a connection to the broker (a
+//! [`Link`]) and, while it holds one, runs two loops side by side:
+//!
+//! - **publishing**: publications wait in one bounded queue, in the order
+//!   they were given, and go to the broker in batches (one round trip per
+//!   batch; the next batch forms while one is in flight). Each publisher
+//!   is answered when the broker took its batch. A session never awaits
+//!   this: it keeps reading while its publications are in flight.
+//! - **subscribing**: joins and leaves send the group to this loop, which
+//!   compares what the hub holds *when it looks* (members or not) with
+//!   what is subscribed, and subscribes or unsubscribes accordingly, in
+//!   batches. Because it reads the hub's truth rather than replaying
+//!   join/leave events, no interleaving of joins and leaves can leave a
+//!   group with members and no subscription. A join is answered once its
+//!   group's subscription is confirmed.
+//!
+//! It also pings the broker every half second; an answer missing for
+//! [`PING_TIMEOUT`], a failed round trip or a closed connection marks the
+//! broker down (`/readyz` 503, `roomcast_broker_up` 0, publications
+//! refused with `broker_unavailable`). Then it reconnects with jittered,
+//! capped backoff, resubscribes every group that has local members, and
+//! sends each of their members a `gap`: they may have missed publications.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Instant, timeout};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::wire::{self, Envelope};
+use super::{BoxFuture, Broker, BrokerError, Pending, Publication, Status, Target, deliver_local};
+use crate::disconnect::{ApiClose, Disconnect};
+use crate::hub::Hub;
+use crate::id::ClientId;
+use crate::metrics::Metrics;
+
+/// How long a connection attempt may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the broker is pinged.
+pub const PING_EVERY: Duration = Duration::from_millis(500);
+/// How long a ping, a batch of publications or a subscription may wait for
+/// the broker's answer before the broker counts as down. With the ping
+/// interval, a hung broker is noticed within about 2 s.
+pub const PING_TIMEOUT: Duration = Duration::from_millis(1500);
+/// Publications waiting for the broker, at most; more are refused.
+pub const QUEUE: usize = 65_536;
+/// Most publications in one round trip.
+const BATCH: usize = 512;
+/// Most groups in one subscribe or unsubscribe command.
+const SUBSCRIBE_BATCH: usize = 1024;
+/// Every so often, every subscribed group is checked against the hub (a
+/// safety net: sessions report their leaves, but a task that panicked
+/// does not).
+const SWEEP_EVERY: u32 = 20;
+/// Reconnection backoff: from this, doubling, to [`BACKOFF_MAX`], each
+/// wait drawn between half and all of it.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// A broker channel: what a node subscribes to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Channel {
+    /// A group's publications.
+    Group(Arc<str>),
+    /// Messages for one node's connections (sends, disconnects).
+    Node(Arc<str>),
+    /// Broadcasts to every connection of every node.
+    All,
+}
+
+/// Per message of a batch: how many subscribers the broker handed it to,
+/// where it tells (`Ok(None)` where it does not), or why the broker refused
+/// that one message; `Err` as a whole when the connection failed.
+pub type Answers = Result<Vec<Result<Option<u64>, String>>, String>;
+
+/// Called with every message that arrives on a subscribed channel.
+pub type OnMessage = Arc<dyn Fn(Bytes) + Send + Sync>;
+
+/// How to reach one kind of broker.
+pub trait Transport: Send + Sync + 'static {
+    /// `redis` or `nats`.
+    fn kind(&self) -> &'static str;
+
+    /// Open a connection. Messages on its subscriptions go to `on_message`,
+    /// in the order the broker sent them; when the connection is lost the
+    /// transport cancels `lost` (and so may anyone else, to drop it).
+    fn connect(
+        &self,
+        on_message: OnMessage,
+        lost: CancellationToken,
+    ) -> BoxFuture<'_, Result<Arc<dyn Link>, String>>;
+}
+
+/// One open connection to a broker.
+pub trait Link: Send + Sync + 'static {
+    /// Send `batch` in order (see [`Answers`]).
+    fn publish<'a>(&'a self, batch: &'a [(Channel, Bytes)]) -> BoxFuture<'a, Answers>;
+
+    /// Subscribe to `channels`; completes when the broker confirmed.
+    fn subscribe(&self, channels: Vec<Channel>) -> BoxFuture<'_, Result<(), String>>;
+
+    /// Unsubscribe from `channels`.
+    fn unsubscribe(&self, channels: Vec<Channel>) -> BoxFuture<'_, Result<(), String>>;
+
+    /// One round trip to the broker.
+    fn ping(&self) -> BoxFuture<'_, Result<(), String>>;
+}
+
+type Reply = oneshot::Sender<Result<(), BrokerError>>;
+
+/// A message waiting for the broker.
+struct Outgoing {
+    channel: Channel,
+    body: Bytes,
+    /// For a direct message: its target (a broker that counts receivers can
+    /// tell that no node holds it).
+    conn: Option<ClientId>,
+    reply: Reply,
+}
+
+/// What the subscribing loop is asked.
+enum SubCommand {
+    /// A member joined: subscribe if need be, then answer.
+    Ensure(Arc<str>, Reply),
+    /// A group may have lost its last member.
+    Check(Arc<str>),
+}
+
+/// State shared by the broker handle, its supervisor and the receive path.
+struct Shared {
+    node: Arc<str>,
+    kind: &'static str,
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+    up: AtomicBool,
+    /// Why the broker is down (`None` while up).
+    error: Mutex<Option<String>>,
+    queue: mpsc::Sender<Outgoing>,
+    commands: mpsc::UnboundedSender<SubCommand>,
+    /// Groups whose subscription the broker confirmed on the current
+    /// connection. Checked before the hub by the subscribing loop, after it
+    /// by a join (see [`Shared::check`]).
+    subscribed: Mutex<HashSet<Arc<str>>>,
+    /// Largest envelope taken from the broker.
+    max_envelope: usize,
+}
+
+/// A broker shared by several nodes through a [`Transport`].
+pub struct ClusterBroker {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for ClusterBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterBroker")
+            .field("kind", &self.shared.kind)
+            .field("node", &self.shared.node)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClusterBroker {
+    /// Start the broker of node `node` on the current runtime: it connects
+    /// in the background (down until then) and runs until `shutdown`.
+    /// Envelopes over `max_message` bytes of payload (plus headers) are
+    /// ignored.
+    pub fn start(
+        transport: Box<dyn Transport>,
+        node: Arc<str>,
+        hub: Arc<Hub>,
+        metrics: Arc<Metrics>,
+        max_message: usize,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
+        let (queue, queue_rx) = mpsc::channel(QUEUE);
+        let (commands, commands_rx) = mpsc::unbounded_channel();
+        metrics.set_broker_up(false);
+        let shared = Arc::new(Shared {
+            node,
+            kind: transport.kind(),
+            hub,
+            metrics,
+            up: AtomicBool::new(false),
+            error: Mutex::new(Some("not connected yet".into())),
+            queue,
+            commands,
+            subscribed: Mutex::new(HashSet::new()),
+            max_envelope: max_message.saturating_add(64 * 1024),
+        });
+        let supervisor = Supervisor {
+            shared: shared.clone(),
+            transport,
+            queue: queue_rx,
+            commands: commands_rx,
+            shutdown,
+        };
+        tokio::spawn(supervisor.run());
+        Arc::new(Self { shared })
+    }
+
+    fn unavailable(&self) -> BrokerError {
+        let why = lock(&self.shared.error)
+            .clone()
+            .unwrap_or_else(|| "not connected".into());
+        BrokerError::Unavailable(format!("{} broker is down: {why}", self.shared.kind))
+    }
+
+    /// Queue `body` for `channel`.
+    fn send(&self, channel: Channel, body: Bytes, conn: Option<ClientId>) -> Pending {
+        let refuse = |e| {
+            self.shared.metrics.record_broker_publish_failures(1);
+            Pending::Ready(Err(e))
+        };
+        if !self.shared.up.load(Ordering::Acquire) {
+            return refuse(self.unavailable());
+        }
+        let (reply, rx) = oneshot::channel();
+        let outgoing = Outgoing {
+            channel,
+            body,
+            conn,
+            reply,
+        };
+        match self.shared.queue.try_send(outgoing) {
+            Ok(()) => Pending::Waiting(rx),
+            Err(mpsc::error::TrySendError::Full(_)) => refuse(BrokerError::Unavailable(format!(
+                "{} publications are already waiting for the {} broker",
+                QUEUE, self.shared.kind
+            ))),
+            Err(mpsc::error::TrySendError::Closed(_)) => refuse(self.unavailable()),
+        }
+    }
+
+    fn is_local(&self, id: &ClientId) -> bool {
+        id.node.as_deref() == Some(&*self.shared.node)
+    }
+}
+
+impl Broker for ClusterBroker {
+    fn publish(&self, publication: Publication) -> Pending {
+        let (channel, conn) = match &publication.target {
+            Target::Group(g) => (Channel::Group(g.clone()), None),
+            Target::All => (Channel::All, None),
+            Target::Conn(id) if self.is_local(id) => {
+                // This node holds it: no need for a round trip.
+                let node = Some(&*self.shared.node);
+                return Pending::Ready(deliver_local(&self.shared.hub, &publication, node).map(|_| ()));
+            }
+            Target::Conn(id) => match &id.node {
+                Some(node) => (Channel::Node(node.clone()), Some(id.clone())),
+                None => return Pending::Ready(Err(BrokerError::UnknownConnection(id.clone()))),
+            },
+        };
+        self.send(channel, wire::encode_publication(&publication), conn)
+    }
+
+    fn disconnect(&self, conn: ClientId, close: ApiClose) -> Pending {
+        if self.is_local(&conn) {
+            let node = Some(&*self.shared.node);
+            return Pending::Ready(super::disconnect_local(&self.shared.hub, &conn, close, node).map(|_| ()));
+        }
+        let Some(node) = conn.node.clone() else {
+            return Pending::Ready(Err(BrokerError::UnknownConnection(conn)));
+        };
+        let body = wire::encode_disconnect(conn.conn, &close);
+        self.send(Channel::Node(node), body, Some(conn))
+    }
+
+    fn subscribe(&self, group: &Arc<str>) -> Pending {
+        if !self.shared.up.load(Ordering::Acquire) {
+            return Pending::Ready(Err(self.unavailable()));
+        }
+        // The hub already lists the new member, so if the group is still
+        // subscribed here, the loop has not yet begun to check it (it
+        // takes the group out of the set before looking at the hub) and
+        // will see the member when it does.
+        if lock(&self.shared.subscribed).contains(group) {
+            return Pending::Ready(Ok(()));
+        }
+        let (reply, rx) = oneshot::channel();
+        match self
+            .shared
+            .commands
+            .send(SubCommand::Ensure(group.clone(), reply))
+        {
+            Ok(()) => Pending::Waiting(rx),
+            Err(_) => Pending::Ready(Err(self.unavailable())),
+        }
+    }
+
+    fn unsubscribe(&self, group: &Arc<str>) {
+        let _ = self.shared.commands.send(SubCommand::Check(group.clone()));
+    }
+
+    fn status(&self) -> Status {
+        let up = self.shared.up.load(Ordering::Acquire);
+        Status {
+            kind: self.shared.kind,
+            up,
+            error: if up {
+                None
+            } else {
+                lock(&self.shared.error).clone()
+            },
+        }
+    }
+}
+
+impl Shared {
+    /// A message from the broker: deliver it to this node's members.
+    fn receive(&self, message: Bytes) {
+        let envelope = (message.len() <= self.max_envelope)
+            .then(|| wire::decode(&message, Some(&self.node)))
+            .flatten();
+        self.metrics.record_broker_received(envelope.is_some());
+        match envelope {
+            Some(Envelope::Publication(p)) => {
+                // An unknown connection here is a send to one that has
+                // gone: nothing to deliver, nobody waiting to be told.
+                let _ = deliver_local(&self.hub, &p, Some(&self.node));
+            }
+            Some(Envelope::Disconnect(conn, close)) => {
+                if let Some(outbox) = self.hub.connection(conn) {
+                    outbox.request_close(Disconnect::Api(Box::new(close)));
+                }
+            }
+            None => crate::warn_limited!(
+                crate::logging::LogKind::Broker,
+                bytes = message.len(),
+                "ignored a message from the {} broker that is not a roomcast envelope",
+                self.kind
+            ),
+        }
+    }
+
+    fn set_up(&self) {
+        *lock(&self.error) = None;
+        self.up.store(true, Ordering::Release);
+        self.metrics.set_broker_up(true);
+    }
+
+    fn set_down(&self, why: String) {
+        let was_up = self.up.swap(false, Ordering::AcqRel);
+        self.metrics.set_broker_up(false);
+        lock(&self.subscribed).clear();
+        if was_up {
+            warn!(broker = self.kind, error = %why, "broker connection lost: publications are refused until it is back");
+        }
+        *lock(&self.error) = Some(why);
+    }
+
+    /// Look at `group` again: subscribed or not, as the hub says now.
+    /// Returns whether it must be subscribed (`Some(true)`), unsubscribed
+    /// (`Some(false)`) or is right as it is.
+    fn check(&self, group: &Arc<str>) -> Option<bool> {
+        // Out of the set first, then the hub: a join that found it in the
+        // set had already put its member in the hub, and is seen here.
+        let was = lock(&self.subscribed).remove(group);
+        let wanted = self.hub.has_members(group);
+        match (was, wanted) {
+            (true, true) => {
+                lock(&self.subscribed).insert(group.clone());
+                None
+            }
+            (true, false) => Some(false),
+            (false, true) => Some(true),
+            (false, false) => None,
+        }
+    }
+}
+
+/// Owns the connection to the broker; see the module docs.
+struct Supervisor {
+    shared: Arc<Shared>,
+    transport: Box<dyn Transport>,
+    queue: mpsc::Receiver<Outgoing>,
+    commands: mpsc::UnboundedReceiver<SubCommand>,
+    shutdown: CancellationToken,
+}
+
+impl Supervisor {
+    async fn run(mut self) {
+        let kind = self.shared.kind;
+        let mut attempt: u32 = 0;
+        let mut connected_before = false;
+        loop {
+            if self.shutdown.is_cancelled() {
+                return;
+            }
+            let lost = CancellationToken::new();
+            let shared = self.shared.clone();
+            let on_message: OnMessage = Arc::new(move |m| shared.receive(m));
+            let connected =
+                match timeout(CONNECT_TIMEOUT, self.transport.connect(on_message, lost.clone())).await {
+                    Ok(Ok(link)) => self.resubscribe(&*link).await.map(|()| link),
+                    Ok(Err(e)) => Err(e),
+                    Err(_) => Err(format!("no connection within {CONNECT_TIMEOUT:?}")),
+                };
+            let link = match connected {
+                Ok(link) => link,
+                Err(e) => {
+                    lost.cancel();
+                    if attempt == 0 || attempt.is_power_of_two() {
+                        warn!(broker = kind, error = %e, attempt, "cannot reach the broker; retrying");
+                    }
+                    self.shared.set_down(e);
+                    attempt = attempt.saturating_add(1);
+                    if !self.wait_down(backoff(attempt)).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            self.shared.set_up();
+            if connected_before {
+                self.shared.metrics.record_broker_reconnect();
+                let mut told = 0;
+                for group in self.shared.hub.group_names() {
+                    told += self.shared.hub.gap(&group);
+                }
+                self.shared.metrics.record_gaps(told);
+                info!(
+                    broker = kind,
+                    gaps = told,
+                    "broker connection back: groups resubscribed, members told of the gap"
+                );
+            } else {
+                info!(broker = kind, node = %self.shared.node, "connected to the broker");
+            }
+            connected_before = true;
+            attempt = 0;
+            let why = {
+                let shared = &self.shared;
+                let publishing = publish_loop(shared, &*link, &mut self.queue, &lost);
+                let subscribing = subscribe_loop(shared, &*link, &mut self.commands, &lost);
+                tokio::select! {
+                    (a, b) = async { tokio::join!(publishing, subscribing) } => a.or(b),
+                    () = self.shutdown.cancelled() => {
+                        lost.cancel();
+                        return;
+                    }
+                }
+            };
+            lost.cancel();
+            drop(link);
+            self.shared
+                .set_down(why.unwrap_or_else(|| "connection lost".into()));
+            if !self.wait_down(backoff(0)).await {
+                return;
+            }
+        }
+    }
+
+    /// Subscribe this node's own channels and every group with local
+    /// members; on success they are in the subscribed set.
+    async fn resubscribe(&self, link: &dyn Link) -> Result<(), String> {
+        let own = vec![Channel::Node(self.shared.node.clone()), Channel::All];
+        within(link.subscribe(own)).await?;
+        let groups = self.shared.hub.group_names();
+        for chunk in groups.chunks(SUBSCRIBE_BATCH) {
+            let channels = chunk.iter().cloned().map(Channel::Group).collect();
+            within(link.subscribe(channels)).await?;
+        }
+        lock(&self.shared.subscribed).extend(groups);
+        Ok(())
+    }
+
+    /// While down: refuse whatever arrives, for `wait`. Returns `false`
+    /// when shutdown began.
+    async fn wait_down(&mut self, wait: Duration) -> bool {
+        let until = Instant::now() + wait;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(until) => return true,
+                () = self.shutdown.cancelled() => return false,
+                Some(o) = self.queue.recv() => {
+                    self.shared.metrics.record_broker_publish_failures(1);
+                    let _ = o.reply.send(Err(self.unavailable()));
+                }
+                Some(c) = self.commands.recv() => {
+                    if let SubCommand::Ensure(_, reply) = c {
+                        let _ = reply.send(Err(self.unavailable()));
+                    }
+                }
+            }
+        }
+    }
+
+    fn unavailable(&self) -> BrokerError {
+        let why = lock(&self.shared.error)
+            .clone()
+            .unwrap_or_else(|| "not connected".into());
+        BrokerError::Unavailable(format!("{} broker is down: {why}", self.shared.kind))
+    }
+}
+
+/// Wait for `f` at most [`PING_TIMEOUT`].
+async fn within<T>(f: impl Future<Output = Result<T, String>>) -> Result<T, String> {
+    timeout(PING_TIMEOUT, f)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {PING_TIMEOUT:?}")))
+}
+
+/// Send queued publications in batches until the link fails (returns
+/// why) or is dropped.
+async fn publish_loop(
+    shared: &Shared,
+    link: &dyn Link,
+    queue: &mut mpsc::Receiver<Outgoing>,
+    lost: &CancellationToken,
+) -> Option<String> {
+    let mut batch: Vec<Outgoing> = Vec::with_capacity(BATCH);
+    let mut wire: Vec<(Channel, Bytes)> = Vec::with_capacity(BATCH);
+    loop {
+        tokio::select! {
+            biased;
+            () = lost.cancelled() => return None,
+            n = queue.recv_many(&mut batch, BATCH) => if n == 0 { return None },
+        }
+        wire.extend(batch.iter().map(|o| (o.channel.clone(), o.body.clone())));
+        let result = within(link.publish(&wire)).await;
+        wire.clear();
+        match result {
+            Ok(answers) => {
+                let mut taken = 0;
+                for (o, answer) in batch
+                    .drain(..)
+                    .zip(answers.into_iter().chain(std::iter::repeat(Ok(None))))
+                {
+                    let reply = match (answer, o.conn) {
+                        (Ok(Some(0)), Some(conn)) => Err(BrokerError::UnknownConnection(conn)),
+                        (Ok(_), _) => {
+                            taken += 1;
+                            Ok(())
+                        }
+                        (Err(e), _) => {
+                            shared.metrics.record_broker_publish_failures(1);
+                            Err(BrokerError::Unavailable(e))
+                        }
+                    };
+                    let _ = o.reply.send(reply);
+                }
+                shared.metrics.record_broker_published(taken);
+            }
+            Err(e) => {
+                shared.metrics.record_broker_publish_failures(batch.len());
+                for o in batch.drain(..) {
+                    let _ = o.reply.send(Err(BrokerError::Unavailable(format!(
+                        "{} broker failed: {e}",
+                        shared.kind
+                    ))));
+                }
+                lost.cancel();
+                return Some(e);
+            }
+        }
+    }
+}
+
+/// Keep subscriptions matching the hub, and ping, until the link fails
+/// (returns why) or is dropped.
+async fn subscribe_loop(
+    shared: &Shared,
+    link: &dyn Link,
+    commands: &mut mpsc::UnboundedReceiver<SubCommand>,
+    lost: &CancellationToken,
+) -> Option<String> {
+    let mut tick = tokio::time::interval(PING_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks: u32 = 0;
+    let mut batch = Vec::with_capacity(SUBSCRIBE_BATCH);
+    loop {
+        tokio::select! {
+            biased;
+            () = lost.cancelled() => return None,
+            _ = tick.tick() => {
+                if let Err(e) = within(link.ping()).await {
+                    lost.cancel();
+                    return Some(e);
+                }
+                ticks = ticks.wrapping_add(1);
+                if !ticks.is_multiple_of(SWEEP_EVERY) {
+                    continue;
+                }
+                let all: Vec<Arc<str>> = lock(&shared.subscribed).iter().cloned().collect();
+                batch.extend(all.into_iter().map(SubCommand::Check));
+            }
+            n = commands.recv_many(&mut batch, SUBSCRIBE_BATCH) => if n == 0 { return None },
+        }
+        let mut to_subscribe: Vec<Arc<str>> = Vec::new();
+        let mut to_unsubscribe: Vec<Arc<str>> = Vec::new();
+        let mut waiting: Vec<Reply> = Vec::new();
+        let mut seen: HashSet<Arc<str>> = HashSet::new();
+        for command in batch.drain(..) {
+            let (group, reply) = match command {
+                SubCommand::Ensure(g, reply) => (g, Some(reply)),
+                SubCommand::Check(g) => (g, None),
+            };
+            if seen.insert(group.clone()) {
+                match shared.check(&group) {
+                    Some(true) => to_subscribe.push(group),
+                    Some(false) => to_unsubscribe.push(group),
+                    None => {}
+                }
+            }
+            waiting.extend(reply);
+        }
+        if !to_unsubscribe.is_empty() {
+            let channels = to_unsubscribe.into_iter().map(Channel::Group).collect();
+            if let Err(e) = within(link.unsubscribe(channels)).await {
+                fail(shared, waiting, &e);
+                lost.cancel();
+                return Some(e);
+            }
+        }
+        if !to_subscribe.is_empty() {
+            let channels = to_subscribe.iter().cloned().map(Channel::Group).collect();
+            if let Err(e) = within(link.subscribe(channels)).await {
+                fail(shared, waiting, &e);
+                lost.cancel();
+                return Some(e);
+            }
+            lock(&shared.subscribed).extend(to_subscribe);
+        }
+        for reply in waiting {
+            let _ = reply.send(Ok(()));
+        }
+    }
+}
+
+fn fail(shared: &Shared, waiting: Vec<Reply>, e: &str) {
+    for reply in waiting {
+        let _ = reply.send(Err(BrokerError::Unavailable(format!(
+            "{} broker failed: {e}",
+            shared.kind
+        ))));
+    }
+}
+
+/// The wait before reconnection attempt `attempt` (0: right after a loss).
+fn backoff(attempt: u32) -> Duration {
+    let full = BACKOFF_MIN.saturating_mul(1 << attempt.min(16)).min(BACKOFF_MAX);
+    full.mul_f64(0.5 + fastrand::f64() * 0.5)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_jittered_and_capped() {
+        for attempt in 0..40 {
+            let b = backoff(attempt);
+            let full = BACKOFF_MIN.saturating_mul(1 << attempt.min(16)).min(BACKOFF_MAX);
+            assert!(b >= full / 2 && b <= full, "{attempt}: {b:?}");
+        }
+        assert!(backoff(30) <= BACKOFF_MAX);
+    }
+}
