@@ -201,24 +201,21 @@ pub struct Config {
     pub max_connections: usize,
 
     /// Most WebSocket connections from one client IP (0: no limit); more
-    /// get 429.
-    #[arg(
-        long,
-        env = "ROOMCAST_MAX_CONNECTIONS_PER_IP",
-        value_name = "N",
-        default_value_t = 10_000
-    )]
-    pub max_connections_per_ip: usize,
+    /// get 429. Set, it holds every address. Unset: 10000 for a public
+    /// address, and no limit for a loopback, private, CGNAT or link-local
+    /// one (nearly always a proxy, load balancer or NAT that many clients
+    /// share; see docs/configuration.md).
+    #[arg(long, env = "ROOMCAST_MAX_CONNECTIONS_PER_IP", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections_per_ip: Option<usize>,
 
     /// New WebSocket connections per second from one client IP, with an
-    /// equal burst (0: no limit); more get 429 with Retry-After.
-    #[arg(
-        long,
-        env = "ROOMCAST_CONNECT_RATE_PER_IP",
-        value_name = "PER_SEC",
-        default_value_t = 1000
-    )]
-    pub connect_rate_per_ip: u32,
+    /// equal burst (0: no limit); more get 429 with Retry-After. Set, it
+    /// holds every address. Unset: 1000 for a public address, and no limit
+    /// for a loopback, private, CGNAT or link-local one.
+    #[arg(long, env = "ROOMCAST_CONNECT_RATE_PER_IP", value_name = "PER_SEC")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connect_rate_per_ip: Option<u32>,
 
     /// Messages per second one connection may send (0: no limit). Excess
     /// messages get `rate_limited` errors; a client that keeps going (more
@@ -363,8 +360,8 @@ impl Default for Config {
             jwt_secret: None,
             jwt_public_key: None,
             max_connections: 100_000,
-            max_connections_per_ip: 10_000,
-            connect_rate_per_ip: 1000,
+            max_connections_per_ip: None,
+            connect_rate_per_ip: None,
             message_rate: 1000,
             message_burst: None,
             max_header_size: 32 * 1024,
@@ -486,6 +483,8 @@ fn unknown_env(names: impl Iterator<Item = String>) -> Vec<String> {
         tls_key: Some(PathBuf::new()),
         message_burst: Some(0),
         flushers: Some(0),
+        max_connections_per_ip: Some(0),
+        connect_rate_per_ip: Some(0),
         jwt_secret: Some(String::new()),
         jwt_public_key: Some(PathBuf::new()),
         ..Config::default()
@@ -752,6 +751,7 @@ impl Config {
 
     /// The effective configuration as a commented TOML file.
     pub fn to_toml(&self, show_secrets: bool) -> String {
+        use crate::limits::{DEFAULT_CONNECT_RATE_PER_IP, DEFAULT_MAX_CONNECTIONS_PER_IP};
         let mut shown = self.clone();
         if !show_secrets {
             for secret in [&mut shown.api_key, &mut shown.jwt_secret] {
@@ -773,6 +773,18 @@ impl Config {
         }
         if shown.flushers.is_none() {
             out.push_str("# flushers = 2   # unset: one per CPU core; 0: off\n");
+        }
+        let unset = "for a public address, no limit for a loopback, private, CGNAT or link-local one; \
+                     set: for every address";
+        if shown.max_connections_per_ip.is_none() {
+            out.push_str(&format!(
+                "# max_connections_per_ip = {DEFAULT_MAX_CONNECTIONS_PER_IP}   # unset: {DEFAULT_MAX_CONNECTIONS_PER_IP} {unset}\n"
+            ));
+        }
+        if shown.connect_rate_per_ip.is_none() {
+            out.push_str(&format!(
+                "# connect_rate_per_ip = {DEFAULT_CONNECT_RATE_PER_IP}   # unset: {DEFAULT_CONNECT_RATE_PER_IP}/s {unset}\n"
+            ));
         }
         if shown.tls_cert.is_none() {
             out.push_str(

@@ -18,6 +18,12 @@
 //! IPv6 clients are counted per prefix (`ipv6_prefix_len`, a /64 by
 //! default): one subscriber usually gets a whole /64, and counting each
 //! address alone would give it 2^64 slots.
+//!
+//! The two per-IP limits hold only public addresses unless they are set
+//! explicitly (`PerIpRule`): by default a loopback, private, CGNAT or
+//! link-local client (`is_shared_address`) is not held to them, since
+//! such an address is nearly always a proxy, load balancer, NAT or this
+//! host, which many clients share.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -84,11 +90,38 @@ impl Refusal {
     }
 }
 
+/// The default of `max_connections_per_ip`, for public addresses.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 10_000;
+
+/// The default of `connect_rate_per_ip`, for public addresses.
+pub const DEFAULT_CONNECT_RATE_PER_IP: u32 = 1000;
+
+/// Which client addresses a per-IP limit holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PerIpRule {
+    /// Every address: the limit was set explicitly.
+    Every,
+    /// Public addresses only, not [shared](is_shared_address) ones: the
+    /// default, so that the clients behind a proxy, load balancer or NAT
+    /// are not held to one client's share together.
+    PublicOnly,
+}
+
+impl PerIpRule {
+    /// Whether the limit holds the client `ip`.
+    fn holds(self, ip: IpAddr) -> bool {
+        self == Self::Every || !is_shared_address(ip)
+    }
+}
+
 /// Admission state shared by the whole server.
 #[derive(Debug)]
 pub struct Limits {
     max_connections: usize,
+    /// Most connections per client (0: no limit), for the clients
+    /// `max_per_ip_rule` holds.
     max_per_ip: usize,
+    max_per_ip_rule: PerIpRule,
     /// Admitted connections, counted from admission (before the session
     /// registers) so that a burst of upgrades cannot overshoot the cap.
     open: AtomicUsize,
@@ -99,7 +132,10 @@ pub struct Limits {
     http_open: AtomicUsize,
     /// The same per TCP peer (trusted proxies not counted).
     http_per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// The connect rate per client, for the clients `connect_rate_rule`
+    /// holds.
     connect_rate: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    connect_rate_rule: PerIpRule,
     allowed_origins: Vec<String>,
     trusted_proxies: Vec<IpNet>,
     /// The prefix that counts as one IPv6 client.
@@ -113,15 +149,15 @@ pub struct Limits {
 #[derive(Debug)]
 pub struct Permit {
     limits: Arc<Limits>,
-    /// The client's key in `per_ip`.
-    ip: IpAddr,
+    /// The client's key in `per_ip`; `None`: not counted per IP.
+    ip: Option<IpAddr>,
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
         self.limits.open.fetch_sub(1, Ordering::AcqRel);
-        if self.limits.max_per_ip > 0 {
-            release(&self.limits.per_ip, self.ip);
+        if let Some(ip) = self.ip {
+            release(&self.limits.per_ip, ip);
         }
     }
 }
@@ -171,10 +207,14 @@ fn reserve(map: &Mutex<HashMap<IpAddr, usize>>, key: IpAddr, max: usize) -> bool
 pub struct Settings<'a> {
     /// Most connections at once (0: no limit).
     pub max_connections: usize,
-    /// Most connections from one client IP (0: no limit).
-    pub max_per_ip: usize,
-    /// New connections per second from one client IP (0: no limit).
-    pub connect_rate_per_ip: u32,
+    /// Most connections from one client IP (0: no limit), for every
+    /// address; `None`: [`DEFAULT_MAX_CONNECTIONS_PER_IP`] for public
+    /// addresses only.
+    pub max_per_ip: Option<usize>,
+    /// New connections per second from one client IP (0: no limit), for
+    /// every address; `None`: [`DEFAULT_CONNECT_RATE_PER_IP`] for public
+    /// addresses only.
+    pub connect_rate_per_ip: Option<u32>,
     /// Browser origins allowed (empty: all).
     pub allowed_origins: &'a [String],
     /// Proxies whose `X-Forwarded-For` is believed, as CIDRs or addresses
@@ -187,16 +227,28 @@ pub struct Settings<'a> {
 impl Limits {
     /// Limits from validated settings.
     pub fn new(settings: Settings<'_>) -> Self {
-        let connect_rate = NonZeroU32::new(settings.connect_rate_per_ip)
-            .map(|r| RateLimiter::keyed(Quota::per_second(r).allow_burst(r)));
+        let rule = |set: bool| {
+            if set {
+                PerIpRule::Every
+            } else {
+                PerIpRule::PublicOnly
+            }
+        };
+        let rate = settings
+            .connect_rate_per_ip
+            .unwrap_or(DEFAULT_CONNECT_RATE_PER_IP);
+        let connect_rate =
+            NonZeroU32::new(rate).map(|r| RateLimiter::keyed(Quota::per_second(r).allow_burst(r)));
         Self {
             max_connections: settings.max_connections,
-            max_per_ip: settings.max_per_ip,
+            max_per_ip: settings.max_per_ip.unwrap_or(DEFAULT_MAX_CONNECTIONS_PER_IP),
+            max_per_ip_rule: rule(settings.max_per_ip.is_some()),
             open: AtomicUsize::new(0),
             per_ip: Mutex::new(HashMap::new()),
             http_open: AtomicUsize::new(0),
             http_per_ip: Mutex::new(HashMap::new()),
             connect_rate,
+            connect_rate_rule: rule(settings.connect_rate_per_ip.is_some()),
             allowed_origins: settings
                 .allowed_origins
                 .iter()
@@ -213,10 +265,11 @@ impl Limits {
     }
 
     /// Note that `refusal` turned away the client `ip`. The first time a
-    /// per-IP limit refuses a loopback or private address, log why that is
-    /// probably a set-up problem: such an address is usually a proxy, load
-    /// balancer or NAT that many clients share, and then the per-IP limits
-    /// cap all of them together. Returns whether it warned.
+    /// per-IP limit refuses a loopback or private address (which only a
+    /// limit set explicitly does), log why that is probably a set-up
+    /// problem: such an address is usually a proxy, load balancer or NAT
+    /// that many clients share, and then the per-IP limits cap all of them
+    /// together. Returns whether it warned.
     pub fn note_refusal(&self, ip: IpAddr, refusal: Refusal) -> bool {
         let per_ip = matches!(refusal, Refusal::TooManyFromIp | Refusal::ConnectRate { .. });
         if !per_ip || !is_shared_address(ip) || self.shared_address_warned.swap(true, Ordering::Relaxed) {
@@ -228,7 +281,8 @@ impl Limits {
             "a per-IP limit refused {ip}, a loopback or private address: if clients reach this \
              server through a proxy or load balancer there, list it in --trusted-proxy so that \
              X-Forwarded-For names each client; otherwise raise --max-connections-per-ip or \
-             --connect-rate-per-ip (0: no limit). Logged once"
+             --connect-rate-per-ip (0: no limit), or leave them unset (unset, they hold only \
+             public addresses). Logged once"
         );
         true
     }
@@ -249,7 +303,8 @@ impl Limits {
     /// Count a connection just accepted from `peer` until it upgrades or
     /// closes, or refuse it: not-yet-upgraded connections are held to
     /// `max_connections` in all and `max_connections_per_ip` per peer
-    /// (except trusted proxies, which carry many clients).
+    /// (except trusted proxies, which carry many clients, and peers the
+    /// per-IP rule does not hold).
     pub fn accept(self: &Arc<Self>, peer: IpAddr) -> Result<HttpPermit, Refusal> {
         let open = self.http_open.fetch_add(1, Ordering::AcqRel);
         if self.max_connections > 0 && open >= self.max_connections {
@@ -257,7 +312,8 @@ impl Limits {
             return Err(Refusal::ServerFull);
         }
         let peer = peer.to_canonical();
-        let ip = (self.max_per_ip > 0 && !self.is_trusted(peer)).then(|| self.key(peer));
+        let counted = self.max_per_ip > 0 && !self.is_trusted(peer) && self.max_per_ip_rule.holds(peer);
+        let ip = counted.then(|| self.key(peer));
         if let Some(ip) = ip
             && !reserve(&self.http_per_ip, ip, self.max_per_ip)
         {
@@ -325,9 +381,12 @@ impl Limits {
 
     /// Admit a WebSocket connection from the client `ip`, or say why not.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Permit, Refusal> {
-        let ip = self.key(ip);
+        // The rules judge the address itself: its key may not look like it
+        // (`::1` keyed by its /64 is `::`).
+        let key = self.key(ip);
         if let Some(rl) = &self.connect_rate
-            && let Err(not_until) = rl.check_key(&ip)
+            && self.connect_rate_rule.holds(ip)
+            && let Err(not_until) = rl.check_key(&key)
         {
             let retry_after = not_until.wait_time_from(governor::clock::Clock::now(rl.clock()));
             return Err(Refusal::ConnectRate { retry_after });
@@ -337,7 +396,10 @@ impl Limits {
             self.open.fetch_sub(1, Ordering::AcqRel);
             return Err(Refusal::ServerFull);
         }
-        if self.max_per_ip > 0 && !reserve(&self.per_ip, ip, self.max_per_ip) {
+        let ip = (self.max_per_ip > 0 && self.max_per_ip_rule.holds(ip)).then_some(key);
+        if let Some(ip) = ip
+            && !reserve(&self.per_ip, ip, self.max_per_ip)
+        {
             self.open.fetch_sub(1, Ordering::AcqRel);
             return Err(Refusal::TooManyFromIp);
         }
@@ -359,6 +421,7 @@ impl Limits {
 
 /// Loopback, private (RFC 1918, shared CGNAT 100.64/10, IPv6 unique local)
 /// or link-local: an address that proxies and NATs share among clients.
+/// The per-IP limits hold such an address only when set explicitly.
 fn is_shared_address(ip: IpAddr) -> bool {
     match ip.to_canonical() {
         IpAddr::V4(v4) => {
@@ -468,8 +531,8 @@ mod tests {
     fn caps_per_ip_and_global_and_slots_come_back() {
         let l = limits(|c| {
             c.max_connections = 3;
-            c.max_connections_per_ip = 2;
-            c.connect_rate_per_ip = 0;
+            c.max_connections_per_ip = Some(2);
+            c.connect_rate_per_ip = Some(0);
         });
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
@@ -485,7 +548,7 @@ mod tests {
 
     #[test]
     fn connect_rate_refuses_with_a_retry_time() {
-        let l = limits(|c| c.connect_rate_per_ip = 2);
+        let l = limits(|c| c.connect_rate_per_ip = Some(2));
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let _p = (l.admit(a).unwrap(), l.admit(a).unwrap());
         match l.admit(a) {
@@ -543,7 +606,7 @@ mod tests {
     fn connections_not_upgraded_have_caps_of_their_own() {
         let l = limits(|c| {
             c.max_connections = 3;
-            c.max_connections_per_ip = 2;
+            c.max_connections_per_ip = Some(2);
             c.trusted_proxy = vec!["10.9.9.9".into()];
         });
         let a: IpAddr = "10.0.0.1".parse().unwrap();
@@ -586,6 +649,118 @@ mod tests {
         for public in ["203.0.113.5", "100.128.0.1", "2001:db8::1", "8.8.8.8"] {
             assert!(!is_shared_address(public.parse().unwrap()), "{public}");
         }
+    }
+
+    /// Admit `ip` until the connect rate refuses it, keeping the permits;
+    /// returns how many were admitted, which is the burst plus what refilled
+    /// meanwhile (at most one a millisecond at the default rate).
+    fn burst_of(l: &Arc<Limits>, ip: IpAddr, held: &mut Vec<Permit>) -> usize {
+        let started = std::time::Instant::now();
+        let mut admitted = 0;
+        loop {
+            match l.admit(ip) {
+                Ok(p) => held.push(p),
+                Err(Refusal::ConnectRate { .. }) => break,
+                Err(other) => panic!("{ip}: {other:?}"),
+            }
+            admitted += 1;
+            assert!(
+                admitted < 10 * DEFAULT_CONNECT_RATE_PER_IP as usize,
+                "{ip} is not held"
+            );
+        }
+        let refilled = started.elapsed().as_millis() as usize + 1;
+        assert!(
+            admitted >= DEFAULT_CONNECT_RATE_PER_IP as usize,
+            "{ip}: {admitted}"
+        );
+        assert!(
+            admitted <= DEFAULT_CONNECT_RATE_PER_IP as usize + refilled,
+            "{ip}: {admitted}"
+        );
+        admitted
+    }
+
+    /// Unset, the per-IP limits have their defaults for public addresses
+    /// and hold no loopback, private, CGNAT or link-local one; set, they
+    /// hold every address.
+    #[test]
+    fn by_default_per_ip_limits_hold_public_addresses_only() {
+        const SHARED: [&str; 8] = [
+            "127.0.0.1",
+            "10.1.2.3",
+            "192.168.1.1",
+            "100.64.0.1",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:172.16.0.1",
+        ];
+        let public: IpAddr = "203.0.113.5".parse().unwrap();
+        let mut held = Vec::new();
+
+        // The connect rate: a public client is refused after its burst.
+        let l = limits(|_| {});
+        burst_of(&l, public, &mut held);
+        assert!(
+            l.admit("100.128.0.1".parse().unwrap()).is_ok(),
+            "next to CGNAT, public"
+        );
+        for shared in SHARED {
+            for _ in 0..2 * DEFAULT_CONNECT_RATE_PER_IP {
+                held.push(l.admit(shared.parse().unwrap()).expect(shared));
+            }
+        }
+        held.clear();
+
+        // The connection cap, with the rate off: the same.
+        let l = limits(|c| c.connect_rate_per_ip = Some(0));
+        for _ in 0..DEFAULT_MAX_CONNECTIONS_PER_IP {
+            held.push(l.admit(public).unwrap());
+            held.push(l.admit("::1".parse().unwrap()).unwrap());
+        }
+        assert_eq!(l.admit(public).unwrap_err(), Refusal::TooManyFromIp);
+        for shared in SHARED {
+            held.push(l.admit(shared.parse().unwrap()).expect(shared));
+        }
+        assert_eq!(
+            l.per_ip.lock().unwrap().len(),
+            1,
+            "shared addresses are not counted"
+        );
+        // ... and connections not upgraded, counted by TCP peer.
+        let mut accepted = Vec::new();
+        for _ in 0..DEFAULT_MAX_CONNECTIONS_PER_IP {
+            accepted.push(l.accept(public).unwrap());
+        }
+        assert_eq!(l.accept(public).unwrap_err(), Refusal::TooManyFromIp);
+        for shared in SHARED {
+            accepted.push(l.accept(shared.parse().unwrap()).expect(shared));
+        }
+        assert_eq!(l.http_per_ip.lock().unwrap().len(), 1);
+        held.clear();
+        accepted.clear();
+
+        // Set explicitly, even to the default values, they hold everyone.
+        let l = limits(|c| {
+            c.connect_rate_per_ip = Some(DEFAULT_CONNECT_RATE_PER_IP);
+            c.max_connections_per_ip = Some(DEFAULT_MAX_CONNECTIONS_PER_IP);
+        });
+        let loopback: IpAddr = "127.0.0.1".parse().unwrap();
+        burst_of(&l, loopback, &mut held);
+        let l = limits(|c| {
+            c.connect_rate_per_ip = Some(0);
+            c.max_connections_per_ip = Some(1);
+        });
+        let _one = (
+            l.admit("::1".parse().unwrap()).unwrap(),
+            l.accept(loopback).unwrap(),
+        );
+        assert_eq!(
+            l.admit("::1".parse().unwrap()).unwrap_err(),
+            Refusal::TooManyFromIp
+        );
+        assert_eq!(l.accept(loopback).unwrap_err(), Refusal::TooManyFromIp);
     }
 
     #[test]

@@ -4,11 +4,18 @@
 
 mod common;
 
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use common::*;
 use roomcast::config::Config;
+use roomcast::limits::DEFAULT_CONNECT_RATE_PER_IP;
 use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 const UPGRADE: [(&str, &str); 4] = [
     ("Upgrade", "websocket"),
@@ -36,7 +43,7 @@ async fn metric(server: &TestServer, line_start: &str) -> f64 {
 #[tokio::test]
 async fn per_ip_and_global_connection_caps() {
     let server = start(Config {
-        max_connections_per_ip: 2,
+        max_connections_per_ip: Some(2),
         ..config()
     })
     .await;
@@ -71,7 +78,7 @@ async fn per_ip_and_global_connection_caps() {
 #[tokio::test]
 async fn connect_rate_per_ip() {
     let server = start(Config {
-        connect_rate_per_ip: 3,
+        connect_rate_per_ip: Some(3),
         ..config()
     })
     .await;
@@ -90,6 +97,101 @@ async fn connect_rate_per_ip() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     open.push(connect(&server).await.0);
     server.stop().await;
+}
+
+/// Upgrade to `/ws` at `addr` over raw TCP, 32 at a time, as fast as this
+/// machine can (each connection dropped once answered), until the burst
+/// has outrun the default connect rate (a bucket of 1,000 that refills at
+/// 1,000 per second) by 500 upgrades: well over 1,000 upgrades within a
+/// second, which that rate, holding this address, answers with 429s.
+/// Returns how many got each status, and how long it took.
+async fn upgrade_burst(addr: SocketAddr) -> (BTreeMap<u16, usize>, Duration) {
+    const PARALLEL: usize = 32;
+    let rate = f64::from(DEFAULT_CONNECT_RATE_PER_IP);
+    let started = Instant::now();
+    let answered = Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..PARALLEL)
+        .map(|_| {
+            let answered = answered.clone();
+            tokio::spawn(async move {
+                let mut statuses = Vec::new();
+                loop {
+                    let n = answered.load(Ordering::Relaxed) as f64;
+                    if n > rate * (1.0 + started.elapsed().as_secs_f64()) + 500.0 {
+                        return statuses;
+                    }
+                    assert!(
+                        started.elapsed() < STEP,
+                        "{n} upgrades in {:?}: this machine is too slow to outrun the default \
+                         connect rate, so the test proves nothing",
+                        started.elapsed()
+                    );
+                    let mut tcp = TcpStream::connect(addr).await.unwrap();
+                    tcp.write_all(upgrade_request(addr, "/ws").as_bytes())
+                        .await
+                        .unwrap();
+                    let mut head = Vec::new();
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        let mut chunk = [0u8; 1024];
+                        let read = tokio::time::timeout(STEP, tcp.read(&mut chunk)).await;
+                        let got = read.expect("an answer in time").unwrap_or(0);
+                        assert!(
+                            got > 0,
+                            "closed before answering: {:?}",
+                            String::from_utf8_lossy(&head)
+                        );
+                        head.extend_from_slice(&chunk[..got]);
+                    }
+                    statuses.push(String::from_utf8_lossy(&head[9..12]).parse::<u16>().unwrap());
+                    answered.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    let mut counts = BTreeMap::new();
+    for task in tasks {
+        for status in task.await.unwrap() {
+            *counts.entry(status).or_insert(0) += 1;
+        }
+    }
+    (counts, started.elapsed())
+}
+
+/// Behind a proxy, or in a shootout from one host, every client comes from
+/// one loopback or private address: with the defaults (no per-IP option
+/// set) such an address is not held to the per-IP connect rate, so a burst
+/// of reconnects is not answered with 429s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_connect_rate_does_not_hold_a_loopback_client() {
+    let server = ServerProcess::start(&[]);
+    let (statuses, took) = upgrade_burst(server.addr).await;
+    let logged = server.stop();
+    assert_eq!(
+        statuses.keys().collect::<Vec<_>>(),
+        [&101],
+        "in {took:?}: {statuses:?}; {logged:#?}"
+    );
+}
+
+/// The same burst with the connect rate set explicitly, to its default
+/// value: an explicit per-IP limit holds every address, loopback included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explicit_connect_rate_holds_a_loopback_client() {
+    let rate = DEFAULT_CONNECT_RATE_PER_IP.to_string();
+    let server = ServerProcess::start(&["--connect-rate-per-ip", &rate]);
+    let (statuses, took) = upgrade_burst(server.addr).await;
+    let logged = server.stop();
+    assert_eq!(
+        statuses.keys().collect::<Vec<_>>(),
+        [&101, &429],
+        "in {took:?}: {statuses:?}"
+    );
+    // The refusal of a loopback address is explained, once.
+    let warned = logged
+        .iter()
+        .filter(|l| l.contains("a per-IP limit refused 127.0.0.1"))
+        .count();
+    assert_eq!(warned, 1, "{logged:#?}");
 }
 
 #[tokio::test]
@@ -122,7 +224,7 @@ async fn origin_allow_list() {
 async fn forwarded_for_counts_only_behind_a_trusted_proxy() {
     // This test's client is 127.0.0.1; make it a trusted proxy.
     let server = start(Config {
-        max_connections_per_ip: 1,
+        max_connections_per_ip: Some(1),
         trusted_proxy: vec!["127.0.0.0/8".into()],
         ..config()
     })
@@ -142,7 +244,7 @@ async fn forwarded_for_counts_only_behind_a_trusted_proxy() {
 
     // Without a trusted proxy the header is ignored: all from 127.0.0.1.
     let server = start(Config {
-        max_connections_per_ip: 1,
+        max_connections_per_ip: Some(1),
         ..config()
     })
     .await;
@@ -200,7 +302,6 @@ async fn message_rate_rejects_excess_then_closes_a_flood() {
 
 #[tokio::test]
 async fn slowloris_clients_are_dropped_after_the_handshake_timeout() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let server = start(Config {
         handshake_timeout: Duration::from_millis(500),
         ..config()

@@ -50,6 +50,34 @@ fn defaults_print_as_a_loadable_file() {
     assert_eq!(effective(&["config", "--config", &path], &[]), t);
 }
 
+/// Unset, the per-IP limits are printed as comments (a value printed as a
+/// key would hold every address once the file is loaded back); set, even
+/// to their default values, they are printed and survive the round trip.
+#[test]
+fn per_ip_limits_print_unset_as_comments_and_set_as_keys() {
+    let text = String::from_utf8(roomcast(&["config"], &[]).stdout).unwrap();
+    for key in ["max_connections_per_ip", "connect_rate_per_ip"] {
+        assert!(text.contains(&format!("\n# {key} = ")), "{text}");
+    }
+    let t: toml::Table = text.parse().unwrap();
+    assert!(!t.contains_key("max_connections_per_ip") && !t.contains_key("connect_rate_per_ip"));
+    let set = [
+        "config",
+        "--max-connections-per-ip",
+        "10000",
+        "--connect-rate-per-ip",
+        "0",
+    ];
+    let text = String::from_utf8(roomcast(&set, &[]).stdout).unwrap();
+    assert!(!text.contains("# max_connections_per_ip") && !text.contains("# connect_rate_per_ip"));
+    let path = write_file("per-ip.toml", &text);
+    let t = effective(&["config", "--config", &path], &[]);
+    assert_eq!(t["max_connections_per_ip"].as_integer(), Some(10000));
+    assert_eq!(t["connect_rate_per_ip"].as_integer(), Some(0));
+    let t = effective(&["config"], &[("ROOMCAST_CONNECT_RATE_PER_IP", "1000")]);
+    assert_eq!(t["connect_rate_per_ip"].as_integer(), Some(1000));
+}
+
 #[test]
 fn precedence_is_flags_then_env_then_file_then_defaults() {
     let path = write_file(

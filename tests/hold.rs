@@ -210,7 +210,7 @@ async fn a_request_head_above_the_cap_gets_431_at_once() {
 async fn connections_that_have_not_upgraded_are_held_to_the_caps() {
     let server = start(Config {
         max_connections: 10,
-        max_connections_per_ip: 5,
+        max_connections_per_ip: Some(5),
         handshake_timeout: Duration::from_secs(60),
         ..config()
     })
@@ -263,8 +263,8 @@ async fn connections_that_have_not_upgraded_are_held_to_the_caps() {
 async fn upgraded_connections_leave_the_pool_of_connections_not_upgraded() {
     let server = start(Config {
         max_connections: 5,
-        max_connections_per_ip: 5,
-        connect_rate_per_ip: 0,
+        max_connections_per_ip: Some(5),
+        connect_rate_per_ip: Some(0),
         ..config()
     })
     .await;
@@ -368,8 +368,8 @@ async fn ipv6_clients_are_counted_per_prefix() {
     for (prefix, same_prefix_admitted) in [(64, false), (128, true)] {
         let server = start(Config {
             trusted_proxy: vec!["127.0.0.1".into()],
-            max_connections_per_ip: 1,
-            connect_rate_per_ip: 0,
+            max_connections_per_ip: Some(1),
+            connect_rate_per_ip: Some(0),
             ipv6_prefix_len: prefix,
             ..config()
         })

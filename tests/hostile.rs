@@ -62,11 +62,12 @@ fn hostile_config() -> Config {
         idle_timeout: IDLE,
         ping_interval: Duration::from_secs(1),
         handshake_timeout: HANDSHAKE_TIMEOUT,
-        // Every client here is 127.0.0.1: lift the per-IP admission limits
-        // and the message rate, which would otherwise refuse the test's own
-        // churn and floods before they reach the code under test.
-        connect_rate_per_ip: 0,
-        max_connections_per_ip: 0,
+        // Every client here is 127.0.0.1: lift the message rate, which
+        // would otherwise refuse the test's own floods before they reach
+        // the code under test, and the per-IP admission limits (unset,
+        // they do not hold loopback; set to 0, they hold no one).
+        connect_rate_per_ip: Some(0),
+        max_connections_per_ip: Some(0),
         message_rate: 0,
         ..config()
     }
