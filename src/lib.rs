@@ -18,7 +18,9 @@
 //!   per request, heartbeat, cleanup.
 //! - [`conn`]: socket I/O of one connection: stack read buffer, decoder,
 //!   vectored writes from the outbox.
-//! - [`broker`]: the publish/subscribe seam between nodes (`memory` today).
+//! - [`broker`]: the publish/subscribe seam between nodes: `memory` (one
+//!   node), and cluster brokers over Redis and NATS (`cluster`, `redis`,
+//!   `nats`, `wire`).
 //! - [`hub`]: connections by id and groups by name, sharded; fan-out.
 //! - [`flush`]: flush shards, which write fan-out to plain TCP sockets in
 //!   publication order without waking each connection's task.

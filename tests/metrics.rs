@@ -298,7 +298,10 @@ async fn slow_consumer_disconnects_are_counted() {
 async fn readyz_turns_503_when_shutdown_begins() {
     let mut server = start(config()).await;
     let (status, body) = http_get(server.addr, "/readyz", &[]).await;
-    assert_eq!((status, body.as_str()), (200, r#"{"status":"ready"}"#));
+    assert_eq!(
+        (status, body.as_str()),
+        (200, r#"{"broker":{"kind":"memory","up":true},"status":"ready"}"#)
+    );
     let (status, _) = http_get(server.addr, "/healthz", &[]).await;
     assert_eq!(status, 200);
 
