@@ -83,7 +83,10 @@ async fn new_requests_during_the_drain_get_503_then_the_listener_closes() {
     let (_stuck, _) = connect(&server).await;
     assert_eq!(
         http_get(addr, "/readyz", &[]).await,
-        (200, r#"{"broker":{"kind":"memory","up":true},"status":"ready"}"#.into())
+        (
+            200,
+            r#"{"broker":{"kind":"memory","up":true},"status":"ready"}"#.into()
+        )
     );
     server.begin_shutdown();
     tokio::time::sleep(Duration::from_millis(100)).await;
