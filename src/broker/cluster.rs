@@ -207,10 +207,7 @@ impl ClusterBroker {
     }
 
     fn unavailable(&self) -> BrokerError {
-        let why = lock(&self.shared.error)
-            .clone()
-            .unwrap_or_else(|| "not connected".into());
-        BrokerError::Unavailable(format!("{} broker is down: {why}", self.shared.kind))
+        self.shared.unavailable()
     }
 
     /// Queue `body` for `channel`.
@@ -339,6 +336,14 @@ impl Shared {
                 self.kind
             ),
         }
+    }
+
+    /// The error for a request while the broker is down.
+    fn unavailable(&self) -> BrokerError {
+        let why = lock(&self.error)
+            .clone()
+            .unwrap_or_else(|| "not connected".into());
+        BrokerError::Unavailable(format!("{} broker is down: {why}", self.kind))
     }
 
     fn set_up(&self) {
@@ -495,10 +500,7 @@ impl Supervisor {
     }
 
     fn unavailable(&self) -> BrokerError {
-        let why = lock(&self.shared.error)
-            .clone()
-            .unwrap_or_else(|| "not connected".into());
-        BrokerError::Unavailable(format!("{} broker is down: {why}", self.shared.kind))
+        self.shared.unavailable()
     }
 }
 
