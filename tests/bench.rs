@@ -4,8 +4,11 @@
 //! message accounted for, reports complete, files written), not how fast
 //! anything is: speed is measured by hand, see docs/BENCHMARKS.md.
 
+mod common;
+
 use std::process::Command;
 
+use common::brokers::{BrokerProcess, Kind};
 use serde_json::Value;
 
 /// Run `roomcast bench --spawn --json <args>` and parse its report.
@@ -310,4 +313,36 @@ fn wss_fanout_and_echo_over_tls() {
         .output()
         .unwrap();
     assert!(!out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+}
+
+/// A cluster: `--nodes 2` spawns two servers on one broker, fanout spreads
+/// its subscribers over them, and every delivery is still accounted for;
+/// the broker carries one message per publication and node.
+#[test]
+fn fanout_over_a_spawned_cluster() {
+    for kind in [Kind::Redis, Kind::Nats] {
+        let broker = BrokerProcess::start(kind);
+        let r = bench(&[
+            "--nodes",
+            "2",
+            &format!("--server-arg=--broker={}", broker.url()),
+            "fanout",
+            "-c",
+            "20",
+            "-r",
+            "50",
+            "-d",
+            "1s",
+        ]);
+        assert_eq!(num(&r, "nodes"), 2.0, "{r}");
+        let acked = num(&r, "acked");
+        assert!(acked >= 25.0, "{r}");
+        assert_eq!(num(&r, "received"), acked * 20.0, "{r}");
+        assert_eq!(
+            num(&r, "lost") + num(&r, "out_of_order") + num(&r, "duplicates"),
+            0.0,
+            "{r}"
+        );
+        assert_eq!(num(&r, "broker_messages_per_publication"), 2.0, "{kind:?}: {r}");
+    }
 }

@@ -35,7 +35,7 @@ pub async fn run(ctx: &Ctx, args: &ConnectionsArgs) -> anyhow::Result<Report> {
     let groups = args.groups;
     let opened = open_many(
         ctx,
-        &ctx.target,
+        std::slice::from_ref(&ctx.target),
         args.connections,
         |i| {
             if groups == 0 {

@@ -46,7 +46,7 @@ pub async fn run(ctx: &Ctx, args: &EchoArgs) -> anyhow::Result<Report> {
     let target = ctx.target.with_path(&args.path);
     let opened = open_many(
         ctx,
-        &target,
+        std::slice::from_ref(&target),
         args.connections,
         |_| String::new(),
         false,

@@ -38,7 +38,10 @@ pub struct FanoutArgs {
     /// Groups (subscriber i joins group i mod G).
     #[arg(short = 'g', long, default_value_t = 1)]
     pub groups: usize,
-    /// Publisher connections (not members of any group).
+    /// Publisher connections (not members of any group). 0: subscribers
+    /// only, counting and timing what another load process publishes to
+    /// the same groups for --duration (runs over more connections than one
+    /// process may open; see docs/BENCHMARKS.md).
     #[arg(short = 'p', long, default_value_t = 1)]
     pub publishers: usize,
     /// Publications per second, all publishers together; each goes to one
@@ -123,7 +126,6 @@ fn parse_reply(text: &[u8]) -> Option<(u64, Option<String>)> {
 pub async fn run(ctx: &Ctx, args: &FanoutArgs) -> anyhow::Result<Report> {
     at_least_one("--connections", args.connections)?;
     at_least_one("--groups", args.groups)?;
-    at_least_one("--publishers", args.publishers)?;
     if args.size < 32 {
         bail!("--size must be at least 32 bytes (room for the sequence number and timestamp)");
     }
@@ -131,7 +133,7 @@ pub async fn run(ctx: &Ctx, args: &FanoutArgs) -> anyhow::Result<Report> {
     let groups = args.groups;
     let subs = open_many(
         ctx,
-        &ctx.target,
+        &ctx.targets,
         args.connections,
         |i| format!("g{}", i % groups),
         true,
@@ -140,9 +142,11 @@ pub async fn run(ctx: &Ctx, args: &FanoutArgs) -> anyhow::Result<Report> {
     .await;
     subs.require_all()?;
     let connect_rate = subs.rate();
+    // Deliveries name their publisher's index (0.. in each load process).
+    let indexes = args.publishers.max(1);
     let pubs = open_many(
         ctx,
-        &ctx.target,
+        std::slice::from_ref(&ctx.target),
         args.publishers,
         |_| String::new(),
         true,
@@ -160,19 +164,20 @@ pub async fn run(ctx: &Ctx, args: &FanoutArgs) -> anyhow::Result<Report> {
     let mut sub_threads = None;
     if args.subscriber_threads == 0 {
         for conn in subs.conns {
-            sub_tasks.spawn(subscribe(conn, received.clone(), args.publishers));
+            sub_tasks.spawn(subscribe(conn, received.clone(), indexes));
         }
     } else {
         sub_threads = Some(Subscribers::start(
             subs.conns,
             args.subscriber_threads,
             received.clone(),
-            args.publishers,
+            indexes,
         )?);
     }
 
     let server_before = ctx.server_usage()?;
-    let counters_before = super::server_counters(&ctx.target).await;
+    let counters_before = super::all_counters(&ctx.targets).await;
+    let broker_before = ctx.broker_usage()?;
     let own_before = own_usage()?;
     let start = Instant::now() + Duration::from_millis(50);
     let start_us = now_us() + 50_000;
@@ -221,13 +226,19 @@ pub async fn run(ctx: &Ctx, args: &FanoutArgs) -> anyhow::Result<Report> {
             _ = tick.tick() => spinner.set_message(format!("{} deliveries", received.messages.load(Ordering::Relaxed))),
         }
     }
+    let listening = args.publishers == 0;
+    if listening {
+        spinner.set_prefix("listening");
+        tokio::time::sleep_until(start + args.duration).await;
+    }
     let publish_window = start.elapsed();
     let expected: u64 = published.acked.iter().zip(&members).map(|(a, m)| a * m).sum();
-    // Wait for the last deliveries, as long as they keep coming.
+    // Wait for the last deliveries, as long as they keep coming (when
+    // listening, the count expected is unknown: until they stop).
     spinner.set_prefix("draining");
     let mut last = received.messages.load(Ordering::Relaxed);
     let mut quiet_since = Instant::now();
-    while last < expected && quiet_since.elapsed() < args.drain {
+    while (listening || last < expected) && quiet_since.elapsed() < args.drain {
         tokio::time::sleep(Duration::from_millis(20)).await;
         let now = received.messages.load(Ordering::Relaxed);
         if now != last {
@@ -236,7 +247,8 @@ pub async fn run(ctx: &Ctx, args: &FanoutArgs) -> anyhow::Result<Report> {
         }
     }
     let server_after = ctx.server_usage()?;
-    let counters_after = super::server_counters(&ctx.target).await;
+    let counters_after = super::all_counters(&ctx.targets).await;
+    let broker_after = ctx.broker_usage()?;
     let own_after = own_usage()?;
     spinner.finish_and_clear();
     sub_tasks.abort_all();
@@ -250,6 +262,7 @@ pub async fn run(ctx: &Ctx, args: &FanoutArgs) -> anyhow::Result<Report> {
         .max(Duration::from_millis(1));
     let acked: u64 = published.acked.iter().sum();
     let mut report = Report::new("fanout");
+    report.push("nodes", ctx.targets.len());
     report.push("connections", args.connections);
     report.push("groups", args.groups);
     report.push("publishers", args.publishers);
@@ -273,9 +286,16 @@ pub async fn run(ctx: &Ctx, args: &FanoutArgs) -> anyhow::Result<Report> {
             .collect();
         report.push("refused_codes", super::describe(&codes));
     }
-    report.push("expected", expected);
-    report.push("received", got);
-    report.push("lost", expected.saturating_sub(got));
+    if listening {
+        // Published elsewhere: loss is judged by adding up the processes.
+        report.push("expected", serde_json::Value::Null);
+        report.push("received", got);
+        report.push("lost", serde_json::Value::Null);
+    } else {
+        report.push("expected", expected);
+        report.push("received", got);
+        report.push("lost", expected.saturating_sub(got));
+    }
     report.push("out_of_order", received.out_of_order.load(Ordering::Relaxed));
     report.push("duplicates", received.duplicates.load(Ordering::Relaxed));
     report.push("unexpected_frames", received.unexpected.load(Ordering::Relaxed));
@@ -291,6 +311,14 @@ pub async fn run(ctx: &Ctx, args: &FanoutArgs) -> anyhow::Result<Report> {
         );
     }
     report.push_f("client_cpu_seconds", own_after.cpu - own_before.cpu, 2);
+    if let (Some(b), Some(a)) = (broker_before, broker_after) {
+        report.push_f("broker_cpu_seconds", a.cpu - b.cpu, 2);
+        report.push_f(
+            "broker_cpu_us_per_publication",
+            (a.cpu - b.cpu) * 1e6 / acked.max(1) as f64,
+            2,
+        );
+    }
     if let (Some(b), Some(a)) = (&counters_before, &counters_after) {
         let delta = |name: &str| a.get(name).copied().unwrap_or(0.0) - b.get(name).copied().unwrap_or(0.0);
         report.push_f(
@@ -299,6 +327,15 @@ pub async fn run(ctx: &Ctx, args: &FanoutArgs) -> anyhow::Result<Report> {
             1,
         );
         report.push_f("server_compressions", delta("roomcast_compressions_total"), 0);
+        let from_broker = delta("roomcast_broker_received_total");
+        if from_broker > 0.0 {
+            // One per publication and subscribed node: never one per member.
+            report.push_f(
+                "broker_messages_per_publication",
+                from_broker / acked.max(1) as f64,
+                2,
+            );
+        }
         let input = delta("roomcast_compression_input_bytes_total");
         if input > 0.0 {
             report.push_f(

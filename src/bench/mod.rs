@@ -34,7 +34,7 @@ pub mod sweep;
 pub mod wire;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -68,15 +68,34 @@ pub struct Common {
     /// The server's WebSocket endpoint, ws:// or wss:// (TLS dominates
     /// what is measured: compare TLS runs with TLS runs). With --spawn
     /// and wss://, pass the server its certificate with --server-arg.
+    /// Repeat it for the nodes of a cluster: fanout puts subscriber i on
+    /// URL i mod N; publishers, and the other scenarios, use the first.
     #[arg(long, global = true, default_value = "ws://127.0.0.1:8080/ws")]
-    pub url: String,
+    pub url: Vec<String>,
+    /// With --spawn: how many servers to start, each with the --server-arg
+    /// values and a --node-name of its own (bench-0, bench-1, ...); with a
+    /// shared --server-arg=--broker=URL they form a cluster, and fanout
+    /// spreads its subscribers over them.
+    #[arg(
+        long,
+        global = true,
+        default_value_t = 1,
+        value_name = "N",
+        requires = "spawn"
+    )]
+    pub nodes: usize,
+    /// Process id of the cluster's broker (redis-server, nats-server), for
+    /// its CPU time over the run.
+    #[arg(long, global = true, value_name = "PID")]
+    pub broker_pid: Option<u32>,
     /// With wss://, also trust the CA certificates in this PEM file (a
     /// private or self-signed CA); the system's store is always trusted.
     #[arg(long, global = true, value_name = "PEM")]
     pub ca_cert: Option<std::path::PathBuf>,
-    /// Process id of the server, for its CPU time and memory.
+    /// Process id of the server, for its CPU time and memory (repeat for
+    /// the nodes of a cluster: their CPU and memory are added up).
     #[arg(long, global = true, value_name = "PID", conflicts_with = "spawn")]
-    pub server_pid: Option<u32>,
+    pub server_pid: Vec<u32>,
     /// Start a fresh `roomcast serve` for the run (for each point of a
     /// sweep) on a free loopback port; --url's path is kept.
     #[arg(long, global = true)]
@@ -140,7 +159,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let report = match &args.scenario {
         Scenario::Sweep(sweep) => sweep::run(&common, sweep, fd_limit).await?,
         Scenario::Floor(floor) => {
-            if common.spawn || common.server_pid.is_some() {
+            if common.spawn || !common.server_pid.is_empty() {
                 bail!("the floor scenario runs no server: drop --spawn and --server-pid");
             }
             let (floor, sources) = (floor.clone(), common.sources);
@@ -175,54 +194,81 @@ async fn run_one(ctx: &Ctx, scenario: &Scenario) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-/// The server under test: one we started, or one we were pointed at.
+/// The servers under test: ones we started, or ones we were pointed at
+/// (several: the nodes of a cluster).
 pub struct Server {
-    spawned: Option<SpawnedServer>,
-    target: Target,
-    pid: Option<u32>,
+    spawned: Vec<SpawnedServer>,
+    targets: Vec<Target>,
+    pids: Vec<u32>,
 }
 
 impl Server {
-    /// Start a server if `--spawn` asks for one.
+    /// Start servers if `--spawn` asks for them.
     pub fn start(common: &Common) -> anyhow::Result<Self> {
-        let mut target = Target::parse(&common.url)?;
-        target.deflate = common.deflate;
-        if target.secure {
-            target.tls = Some(crate::tls::client_config(common.ca_cert.as_deref())?);
-        } else if common.ca_cert.is_some() {
-            anyhow::bail!("--ca-cert is for wss:// URLs");
+        let mut targets = Vec::with_capacity(common.url.len());
+        for url in &common.url {
+            let mut target = Target::parse(url)?;
+            target.deflate = common.deflate;
+            if target.secure {
+                target.tls = Some(crate::tls::client_config(common.ca_cert.as_deref())?);
+            } else if common.ca_cert.is_some() {
+                anyhow::bail!("--ca-cert is for wss:// URLs");
+            }
+            targets.push(target);
+        }
+        if targets.is_empty() {
+            bail!("--url: at least one");
         }
         if !common.spawn {
             return Ok(Self {
-                spawned: None,
-                target,
-                pid: common.server_pid,
+                spawned: Vec::new(),
+                targets,
+                pids: common.server_pid.clone(),
             });
         }
-        let spawned = SpawnedServer::start(&common.server_args)?;
-        target.addr = spawned.addr;
-        target.host = spawned.addr.to_string();
-        Ok(Self {
-            pid: Some(spawned.pid()),
-            spawned: Some(spawned),
-            target,
-        })
+        if targets.len() > 1 {
+            bail!("with --spawn, give one --url (its path is kept) and the number of servers with --nodes");
+        }
+        at_least_one("--nodes", common.nodes)?;
+        let mut server = Self {
+            spawned: Vec::new(),
+            targets: Vec::new(),
+            pids: Vec::new(),
+        };
+        for i in 0..common.nodes {
+            let mut args = common.server_args.clone();
+            if common.nodes > 1 {
+                args.push(format!("--node-name=bench-{i}"));
+            }
+            let spawned = SpawnedServer::start(&args)?;
+            let mut target = targets[0].clone();
+            target.addr = spawned.addr;
+            target.host = spawned.addr.to_string();
+            server.pids.push(spawned.pid());
+            server.spawned.push(spawned);
+            server.targets.push(target);
+        }
+        Ok(server)
     }
 
-    /// Whether this run started the server itself.
+    /// Whether this run started the servers itself.
     pub fn is_spawned(&self) -> bool {
-        self.spawned.is_some()
+        !self.spawned.is_empty()
     }
 }
 
 /// What a scenario needs to run.
 pub struct Ctx {
-    /// The `/ws` endpoint (or whatever --url names).
+    /// The `/ws` endpoint (or whatever --url names): the first server's.
     pub target: Target,
+    /// Every server's (the nodes of a cluster; just `target` otherwise).
+    pub targets: Vec<Target>,
     /// Source addresses to connect from.
     pub sources: Arc<Sources>,
-    /// The server's process id, when known.
-    pub server_pid: Option<u32>,
+    /// The servers' process ids, when known.
+    pub server_pids: Vec<u32>,
+    /// The broker's process id, when known.
+    pub broker_pid: Option<u32>,
     /// Connection attempts in flight at once.
     pub concurrency: usize,
     /// Draw progress bars.
@@ -238,18 +284,34 @@ impl Ctx {
             bail!("--connect-concurrency must be at least 1");
         }
         Ok(Self {
-            sources: Arc::new(Sources::new(common.sources, &server.target)),
-            target: server.target.clone(),
-            server_pid: server.pid,
+            sources: Arc::new(Sources::new(common.sources, &server.targets[0])),
+            target: server.targets[0].clone(),
+            targets: server.targets.clone(),
+            server_pids: server.pids.clone(),
+            broker_pid: common.broker_pid,
             concurrency: common.connect_concurrency,
             progress: !common.json,
             fd_limit,
         })
     }
 
-    /// The server's usage now (zero when its pid is unknown).
+    /// The servers' usage now, added up (`None` when no pid is known).
     pub fn server_usage(&self) -> anyhow::Result<Option<Usage>> {
-        self.server_pid.map(|pid| Usage::of(Some(pid))).transpose()
+        if self.server_pids.is_empty() {
+            return Ok(None);
+        }
+        let mut total = Usage::default();
+        for &pid in &self.server_pids {
+            let u = Usage::of(Some(pid))?;
+            total.cpu += u.cpu;
+            total.rss += u.rss;
+        }
+        Ok(Some(total))
+    }
+
+    /// The broker's usage now, when its pid is known.
+    pub fn broker_usage(&self) -> anyhow::Result<Option<Usage>> {
+        self.broker_pid.map(|pid| Usage::of(Some(pid))).transpose()
     }
 
     /// Fail early when `connections` sockets cannot fit under this
@@ -342,12 +404,12 @@ pub fn describe(failures: &BTreeMap<String, usize>) -> String {
         .join(", ")
 }
 
-/// Open `n` connections to `target`, at most `ctx.concurrency` at once;
-/// connection `i` reads its welcome and joins `group(i)` (none when
-/// empty). Failures are counted, not fatal.
+/// Open `n` connections, connection `i` to `targets[i % targets.len()]`,
+/// at most `ctx.concurrency` at once; connection `i` reads its welcome and
+/// joins `group(i)` (none when empty). Failures are counted, not fatal.
 pub async fn open_many(
     ctx: &Ctx,
-    target: &Target,
+    targets: &[Target],
     n: usize,
     group: impl Fn(usize) -> String,
     welcome: bool,
@@ -359,7 +421,7 @@ pub async fn open_many(
     let mut tasks = JoinSet::new();
     for i in 0..n {
         let gate = gate.clone();
-        let target = target.clone();
+        let target = targets[i % targets.len()].clone();
         let sources = ctx.sources.clone();
         let group = group(i);
         tasks.spawn(async move {
@@ -414,11 +476,20 @@ pub async fn keep_alive((mut r, mut w): Conn) -> u16 {
     }
 }
 
-/// Microseconds since the load tool started: the clock of every timestamp
-/// carried in a payload (sender and receivers share the process).
+/// Microseconds on the system's monotonic clock (`CLOCK_MONOTONIC`): the
+/// clock of every timestamp carried in a payload. It is the same clock in
+/// every process of the machine, so a subscriber in one load process can
+/// time what a publisher in another sent (runs beyond one process's
+/// open-file limit).
 pub fn now_us() -> u64 {
-    static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
-    EPOCH.elapsed().as_micros() as u64
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always
+    // exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
 }
 
 /// A scenario's results: named values in a fixed order. Names carry their
@@ -542,6 +613,18 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// The usage of this (load tool) process, for reports.
 pub fn own_usage() -> anyhow::Result<Usage> {
     Usage::of(None).context("reading this process's usage")
+}
+
+/// The Prometheus counters of every server now, summed over servers and
+/// labels, by name; `None` when one cannot be read.
+pub async fn all_counters(targets: &[Target]) -> Option<std::collections::HashMap<String, f64>> {
+    let mut total = std::collections::HashMap::new();
+    for t in targets {
+        for (k, v) in server_counters(t).await? {
+            *total.entry(k).or_insert(0.0) += v;
+        }
+    }
+    Some(total)
 }
 
 /// The server's Prometheus counters now (`GET /metrics` on the target's

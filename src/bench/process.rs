@@ -95,9 +95,22 @@ impl SpawnedServer {
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         let mut child = cmd.spawn().context("starting roomcast serve")?;
+        // A cluster node is ready when `/readyz` says so (it has its
+        // broker); over TLS, plain HTTP cannot ask, so listening must do.
+        let has = |flag: &str| {
+            extra
+                .iter()
+                .any(|a| a == flag || a.starts_with(&format!("{flag}=")))
+        };
+        let ask_readyz = has("--broker") && !has("--tls-cert");
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if TcpStream::connect(addr).is_ok() {
+            let up = if ask_readyz {
+                ready(addr)
+            } else {
+                TcpStream::connect(addr).is_ok()
+            };
+            if up {
                 break;
             }
             if let Some(status) = child.try_wait()? {
@@ -105,7 +118,7 @@ impl SpawnedServer {
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                bail!("the spawned server did not listen on {addr} within 10 s");
+                bail!("the spawned server was not ready on {addr} within 10 s (is its broker running?)");
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -116,6 +129,18 @@ impl SpawnedServer {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+}
+
+/// Whether `GET /readyz` on `addr` answers 200.
+fn ready(addr: SocketAddr) -> bool {
+    use std::io::{Read as _, Write as _};
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let req = format!("GET /readyz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let mut head = [0u8; 12];
+    s.write_all(req.as_bytes()).is_ok() && s.read_exact(&mut head).is_ok() && &head[9..12] == b"200"
 }
 
 impl Drop for SpawnedServer {

@@ -68,7 +68,15 @@ pub async fn run(ctx: &Ctx, args: &ShootoutArgs) -> anyhow::Result<Report> {
     ctx.check_fd_budget(args.max_clients + args.senders)?;
     let per_step = args.senders * args.broadcasts;
     let current: Arc<Current> = Arc::default();
-    let senders = open_many(ctx, &ctx.target, args.senders, |_| String::new(), true, "senders").await;
+    let senders = open_many(
+        ctx,
+        std::slice::from_ref(&ctx.target),
+        args.senders,
+        |_| String::new(),
+        true,
+        "senders",
+    )
+    .await;
     senders.require_all()?;
     let mut senders = senders.conns;
     let mut clients = JoinSet::new();
@@ -80,7 +88,7 @@ pub async fn run(ctx: &Ctx, args: &ShootoutArgs) -> anyhow::Result<Report> {
         let add = args.step.min(args.max_clients - count);
         let opened = open_many(
             ctx,
-            &ctx.target,
+            std::slice::from_ref(&ctx.target),
             add,
             |_| GROUP.to_string(),
             true,

@@ -202,7 +202,7 @@ impl Swept {
 
 /// Run the sweep; writes the files even when a point fails (then fails).
 pub async fn run(common: &Common, args: &SweepArgs, fd_limit: u64) -> anyhow::Result<Report> {
-    if common.server_pid.is_some() && !common.spawn {
+    if !common.server_pid.is_empty() && !common.spawn {
         eprintln!(
             "note: without --spawn all points share one server; its memory carries over between points"
         );
