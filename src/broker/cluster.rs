@@ -25,7 +25,7 @@
 //! sends each of their members a `gap`: they may have missed publications.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -52,6 +52,9 @@ pub const PING_EVERY: Duration = Duration::from_millis(500);
 pub const PING_TIMEOUT: Duration = Duration::from_millis(1500);
 /// Publications waiting for the broker, at most; more are refused.
 pub const QUEUE: usize = 65_536;
+/// Bytes of publications waiting for the broker, at most; more are
+/// refused (65,536 messages of the 64 KiB maximum would be 4 GiB).
+pub const QUEUE_BYTES: usize = 64 << 20;
 /// Most publications in one round trip.
 const BATCH: usize = 512;
 /// Most groups in one subscribe or unsubscribe command.
@@ -124,6 +127,20 @@ struct Outgoing {
     /// tell that no node holds it).
     conn: Option<ClientId>,
     reply: Reply,
+    /// Its place in the queue's byte budget, given back when it goes.
+    _budget: Budget,
+}
+
+/// `n` bytes of the queue's byte count, until dropped.
+struct Budget {
+    n: usize,
+    queued: Arc<AtomicUsize>,
+}
+
+impl Drop for Budget {
+    fn drop(&mut self) {
+        self.queued.fetch_sub(self.n, Ordering::Relaxed);
+    }
 }
 
 /// What the subscribing loop is asked.
@@ -144,6 +161,8 @@ struct Shared {
     /// Why the broker is down (`None` while up).
     error: Mutex<Option<String>>,
     queue: mpsc::Sender<Outgoing>,
+    /// Bytes of the messages in `queue` or in flight.
+    queued: Arc<AtomicUsize>,
     commands: mpsc::UnboundedSender<SubCommand>,
     /// Groups whose subscription the broker confirmed on the current
     /// connection. Checked before the hub by the subscribing loop, after it
@@ -191,6 +210,7 @@ impl ClusterBroker {
             up: AtomicBool::new(false),
             error: Mutex::new(Some("not connected yet".into())),
             queue,
+            queued: Arc::default(),
             commands,
             subscribed: Mutex::new(HashSet::new()),
             max_envelope: max_message.saturating_add(64 * 1024),
@@ -219,12 +239,25 @@ impl ClusterBroker {
         if !self.shared.up.load(Ordering::Acquire) {
             return refuse(self.unavailable());
         }
+        let len = body.len();
+        if self.shared.queued.fetch_add(len, Ordering::Relaxed) + len > QUEUE_BYTES {
+            self.shared.queued.fetch_sub(len, Ordering::Relaxed);
+            return refuse(BrokerError::Unavailable(format!(
+                "{} MiB of publications are already waiting for the {} broker",
+                QUEUE_BYTES >> 20,
+                self.shared.kind
+            )));
+        }
         let (reply, rx) = oneshot::channel();
         let outgoing = Outgoing {
             channel,
             body,
             conn,
             reply,
+            _budget: Budget {
+                n: len,
+                queued: self.shared.queued.clone(),
+            },
         };
         match self.shared.queue.try_send(outgoing) {
             Ok(()) => Pending::Waiting(rx),
@@ -660,6 +693,109 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::broker::Payload;
+
+    /// A broker that connects, confirms subscriptions and pings, and never
+    /// answers a publication.
+    struct Silent;
+
+    impl Transport for Silent {
+        fn kind(&self) -> &'static str {
+            "silent"
+        }
+
+        fn connect(
+            &self,
+            _: OnMessage,
+            _: CancellationToken,
+        ) -> BoxFuture<'_, Result<Arc<dyn Link>, String>> {
+            Box::pin(async {
+                let link: Arc<dyn Link> = Arc::new(Silent);
+                Ok(link)
+            })
+        }
+    }
+
+    impl Link for Silent {
+        fn publish<'a>(&'a self, _: &'a [(Channel, Bytes)]) -> BoxFuture<'a, Answers> {
+            Box::pin(std::future::pending())
+        }
+
+        fn subscribe(&self, _: Vec<Channel>) -> BoxFuture<'_, Result<(), String>> {
+            Box::pin(async { Ok(()) })
+        }
+
+        fn unsubscribe(&self, _: Vec<Channel>) -> BoxFuture<'_, Result<(), String>> {
+            Box::pin(async { Ok(()) })
+        }
+
+        fn ping(&self) -> BoxFuture<'_, Result<(), String>> {
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    /// Publications waiting for a broker that does not answer are bounded
+    /// in bytes (not only in number): past the budget they are refused at
+    /// once, and every one taken is answered (here: refused) when the
+    /// broker is given up.
+    #[tokio::test]
+    async fn the_queue_to_the_broker_is_bounded_in_bytes() {
+        let metrics = Arc::new(Metrics::default());
+        let hub = Arc::new(Hub::new(
+            crate::hub::HubConfig {
+                queue_messages: 16,
+                queue_bytes: 1 << 20,
+                policy: crate::config::SlowConsumerPolicy::Drop,
+                no_echo: false,
+                flushers: 0,
+                compression_threshold: 256,
+                compression_level: 1,
+                first_id: 1,
+            },
+            metrics.clone(),
+        ));
+        let stop = CancellationToken::new();
+        let broker = ClusterBroker::start(
+            Box::new(Silent),
+            Arc::from("n"),
+            hub,
+            metrics,
+            1 << 20,
+            stop.clone(),
+        );
+        while !broker.status().up {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let body = Bytes::from(vec![b'1'; 64 * 1024]);
+        let mut waiting = Vec::new();
+        let mut refused = 0;
+        for _ in 0..(QUEUE_BYTES / body.len() + 100) {
+            let p = Publication {
+                target: Target::Group(Arc::from("g")),
+                from: None,
+                user: None,
+                payload: Payload::Json(body.clone()),
+            };
+            match broker.publish(p) {
+                Pending::Waiting(rx) => waiting.push(rx),
+                Pending::Ready(Err(BrokerError::Unavailable(m))) => {
+                    assert!(m.contains("MiB"), "{m}");
+                    refused += 1;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(refused >= 100, "refused {refused}");
+        assert!(waiting.len() * body.len() <= QUEUE_BYTES);
+        // The silent broker is given up after PING_TIMEOUT: every taken
+        // publication is answered, none acknowledged.
+        for rx in waiting {
+            let r = Pending::Waiting(rx).wait().await;
+            assert!(matches!(r, Err(BrokerError::Unavailable(_))), "{r:?}");
+        }
+        assert_eq!(broker.shared.queued.load(Ordering::Relaxed), 0);
+        stop.cancel();
+    }
 
     #[test]
     fn backoff_is_jittered_and_capped() {
