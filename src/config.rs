@@ -759,6 +759,13 @@ impl Config {
                     *secret = Some("<redacted>".into());
                 }
             }
+            // A broker URL may carry a password or token.
+            shown.broker = shown
+                .broker
+                .split(',')
+                .map(|part| redact(part.trim()))
+                .collect::<Vec<_>>()
+                .join(",");
         }
         let body = toml::to_string(&shown).expect("config serializes");
         let mut out = String::from(

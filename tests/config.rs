@@ -105,6 +105,20 @@ fn secrets_are_redacted_unless_asked() {
     assert!(!t["api_key"].as_str().unwrap().contains(key));
     let t = effective(&["config", "--show-secrets"], &[("ROOMCAST_API_KEY", key)]);
     assert_eq!(t["api_key"].as_str(), Some(key));
+    // Passwords and tokens in broker URLs too.
+    for url in [
+        "redis://user:hunter22@127.0.0.1:6379/0",
+        "nats://127.0.0.1:4222,nats://hunter22@127.0.0.2:4222",
+    ] {
+        let t = effective(&["config", "--broker", url], &[]);
+        let shown = t["broker"].as_str().unwrap();
+        assert!(
+            !shown.contains("hunter22") && shown.contains("127.0.0.1"),
+            "{shown}"
+        );
+        let t = effective(&["config", "--show-secrets", "--broker", url], &[]);
+        assert_eq!(t["broker"].as_str(), Some(url));
+    }
 }
 
 #[test]
