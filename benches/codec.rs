@@ -68,11 +68,19 @@ fn encode_messages(c: &mut Criterion) {
         g.throughput(Throughput::Bytes(size as u64));
         g.bench_with_input(BenchmarkId::new("json", size), &data, |b, data| {
             let from = roomcast::id::ClientId { node: None, conn: 17 };
-            b.iter(|| protocol::message_json(Some("room-42"), Some(&from), None, black_box(data.as_bytes())))
+            b.iter(|| {
+                protocol::message_json(
+                    Some("room-42"),
+                    None,
+                    Some(&from),
+                    None,
+                    black_box(data.as_bytes()),
+                )
+            })
         });
         let raw = vec![7u8; size];
         g.bench_with_input(BenchmarkId::new("binary", size), &raw, |b, raw| {
-            b.iter(|| protocol::message_binary("room-42", black_box(raw)))
+            b.iter(|| protocol::message_binary("room-42", None, black_box(raw)))
         });
     }
     g.finish();

@@ -44,6 +44,7 @@ fn fanout(c: &mut Criterion) {
         let frame = Prepared::text(
             protocol::message_json(
                 Some("room"),
+                None,
                 Some(&roomcast::id::ClientId { node: None, conn: 1 }),
                 None,
                 &[b'1'; 64],
@@ -58,7 +59,7 @@ fn fanout(c: &mut Criterion) {
                 b.iter_batched(
                     // Untimed: empty every queue, so each publication finds room.
                     || drain(&outboxes),
-                    |()| black_box(hub.fanout("room", frame, None)),
+                    |()| black_box(hub.fanout("room", frame, None, None)),
                     BatchSize::PerIteration,
                 );
             },

@@ -323,6 +323,29 @@ pub struct Config {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node_name: Option<String>,
 
+    /// Publications kept per group for groups that no `[[groups]]` rule
+    /// matches (0: no history). Members of a group with history can
+    /// recover what they missed after a reconnect (see docs/protocol.md).
+    #[arg(long, env = "ROOMCAST_HISTORY_SIZE", value_name = "N", default_value_t = 0)]
+    pub history_size: usize,
+
+    /// How long those publications are kept.
+    #[arg(long, env = "ROOMCAST_HISTORY_TTL", value_name = "DUR", default_value = "10m", value_parser = parse_duration)]
+    #[serde(with = "humantime_serde")]
+    pub history_ttl: Duration,
+
+    /// With the memory broker: most bytes of history kept in all (payloads
+    /// and bookkeeping). Past it, the groups published to least recently
+    /// lose their history first (their epoch changes, so their members
+    /// learn it on recovery).
+    #[arg(
+        long,
+        env = "ROOMCAST_HISTORY_MEMORY",
+        value_name = "BYTES",
+        default_value_t = 256 * 1024 * 1024
+    )]
+    pub history_memory: usize,
+
     /// Log format.
     #[arg(long, env = "ROOMCAST_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
@@ -332,6 +355,12 @@ pub struct Config {
     #[arg(long, env = "ROOMCAST_LOG_LEVEL", value_name = "FILTER")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_level: Option<String>,
+
+    /// `[[groups]]` rules: features per group-name prefix, the longest
+    /// prefix winning (TOML file only; see docs/configuration.md).
+    #[arg(skip)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<crate::groups::GroupRule>,
 }
 
 impl Default for Config {
@@ -374,6 +403,10 @@ impl Default for Config {
             log_level: None,
             node_name: None,
             broker: "memory".into(),
+            history_size: 0,
+            history_ttl: crate::groups::DEFAULT_HISTORY_TTL,
+            history_memory: 256 * 1024 * 1024,
+            groups: Vec::new(),
         }
     }
 }
@@ -414,10 +447,12 @@ impl ConfigArgs {
         if let Some(path) = &self.config {
             let file = read_file(path)?;
             for (key, value) in file {
-                let from_cli = matches!(
-                    matches.value_source(&key),
-                    Some(ValueSource::CommandLine | ValueSource::EnvVariable)
-                );
+                // `groups` is a file-only key (no flag to ask about).
+                let from_cli = key != "groups"
+                    && matches!(
+                        matches.value_source(&key),
+                        Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+                    );
                 if !from_cli {
                     merged.insert(key, value);
                 }
@@ -647,6 +682,30 @@ impl Config {
                 "must be 1 to 64 characters, each a letter, digit, '_', '-' or a '.' between two others",
             );
         }
+        if let Err((key, m)) = crate::groups::check(self.history_size, self.history_ttl) {
+            return err(key, &m);
+        }
+        let mut prefixes = std::collections::HashSet::new();
+        for rule in &self.groups {
+            if let Err((key, m)) = crate::groups::check(rule.history_size, rule.history_ttl) {
+                return err(&format!("groups.{key} (prefix '{}')", rule.prefix), &m);
+            }
+            if !prefixes.insert(rule.prefix.as_str()) {
+                return err(
+                    "groups.prefix",
+                    &format!("'{}' appears in two [[groups]] rules", rule.prefix),
+                );
+            }
+        }
+        if self.broker_spec().is_ok_and(|b| b != BrokerSpec::Memory) && self.group_rules().any_history() {
+            return err(
+                "history_size",
+                "history needs the memory broker for now (Redis and NATS history are being built)",
+            );
+        }
+        if self.history_memory < 1024 * 1024 {
+            return err("history_memory", "must be at least 1048576 bytes");
+        }
         if self.handshake_timeout.is_zero() {
             return err("handshake_timeout", "must be more than 0s");
         }
@@ -742,6 +801,17 @@ impl Config {
             trusted_proxies: &self.trusted_proxy,
             ipv6_prefix_len: self.ipv6_prefix_len,
         })
+    }
+
+    /// What each group has, from `[[groups]]` and the flags.
+    pub fn group_rules(&self) -> crate::groups::GroupRules {
+        crate::groups::GroupRules::new(
+            &self.groups,
+            crate::groups::Features {
+                history_size: self.history_size,
+                history_ttl: self.history_ttl,
+            },
+        )
     }
 
     /// The ping interval, `None` when pings are off.

@@ -40,7 +40,17 @@ struct Member {
     /// It joined with the binary protocol: server notices about the group
     /// (`gap`) go to it in binary form.
     binary: bool,
+    /// Publications with an offset up to this one are not delivered: the
+    /// member got them from history, or joined after them.
+    floor: u64,
+    /// While the member's join reads history: publications with offsets
+    /// that arrived meanwhile, delivered (those above what history gave)
+    /// by [`Hub::go_live`].
+    pending: Option<Box<Mutex<Held>>>,
 }
+
+/// Publications held back for a joining member: offset and frame.
+type Held = Vec<(u64, bytes::Bytes)>;
 
 type GroupMap = HashMap<Arc<str>, Arc<Group>>;
 /// Connections by id, each with whether it is listed (reachable by id and
@@ -179,6 +189,68 @@ impl Hub {
     /// Add `conn` to `group` (idempotent); `binary`: it joined with the
     /// binary protocol.
     pub fn join(&self, group: &str, conn: &Arc<Outbox>, binary: bool) -> Joined {
+        self.join_member(group, conn, binary, false)
+    }
+
+    /// Add `conn` to `group` holding back publications that carry an
+    /// offset, until [`Hub::go_live`]: a member joining a group with
+    /// history, whose join reads the group's position (and what it missed)
+    /// after subscribing.
+    pub fn join_buffering(&self, group: &str, conn: &Arc<Outbox>, binary: bool) -> Joined {
+        self.join_member(group, conn, binary, true)
+    }
+
+    /// End the buffering of a [`Hub::join_buffering`], under the group's
+    /// lock (no publication is delivered meanwhile): queue `answer` (the
+    /// join's reply, if any), then `recovered` (publications from history,
+    /// in offset order), then the publications held back above both them
+    /// and `position` (the group's offset when the join read it). From then
+    /// on the member takes publications as they come, except those it
+    /// already has. Returns false when the member is no longer in the
+    /// group.
+    pub fn go_live(
+        &self,
+        group: &str,
+        id: ConnId,
+        answer: Option<bytes::Bytes>,
+        recovered: Vec<(u64, bytes::Bytes)>,
+        position: u64,
+    ) -> bool {
+        let Some(g) = lock(self.group_shard(group)).get(group).cloned() else {
+            return false;
+        };
+        let mut members = write(&g.members);
+        let Some(member) = members.get_mut(&id) else {
+            return false;
+        };
+        if let Some(answer) = answer {
+            member.outbox.push_reply(answer);
+        }
+        let held = member
+            .pending
+            .take()
+            .map(|p| p.into_inner().unwrap_or_else(|e| e.into_inner()))
+            .unwrap_or_default();
+        let start = Instant::now();
+        let mut out = Fanout::default();
+        let mut last = position;
+        for (offset, frame) in recovered {
+            last = last.max(offset);
+            self.offer_frame(&member.outbox, frame, &mut out);
+        }
+        for (offset, frame) in held {
+            if offset > last {
+                last = offset;
+                self.offer_frame(&member.outbox, frame, &mut out);
+            }
+        }
+        member.floor = last;
+        drop(members);
+        self.count(&out, start);
+        true
+    }
+
+    fn join_member(&self, group: &str, conn: &Arc<Outbox>, binary: bool, buffering: bool) -> Joined {
         let mut shard = lock(self.group_shard(group));
         let (name, g, created) = match shard.get_key_value(group) {
             Some((k, g)) => (k.clone(), g.clone(), false),
@@ -193,6 +265,8 @@ impl Hub {
         let member = Member {
             outbox: conn.clone(),
             binary,
+            floor: 0,
+            pending: buffering.then(Box::default),
         };
         let new_member = write(&g.members).insert(conn.id(), member).is_none();
         if new_member {
@@ -238,8 +312,16 @@ impl Hub {
     }
 
     /// Queue `message` for every member of `group` except `from` when echo
-    /// is off. One message, prepared once, shared by all.
-    pub fn fanout(&self, group: &str, message: &Prepared, from: Option<ConnId>) -> Fanout {
+    /// is off. One message, prepared once, shared by all. A message with
+    /// an `offset` (the group keeps history) is held back for members still
+    /// joining, and skipped for members who already have it.
+    pub fn fanout(
+        &self,
+        group: &str,
+        message: &Prepared,
+        from: Option<ConnId>,
+        offset: Option<u64>,
+    ) -> Fanout {
         let start = Instant::now();
         let Some(g) = lock(self.group_shard(group)).get(group).cloned() else {
             self.count(&Fanout::default(), start);
@@ -250,8 +332,13 @@ impl Hub {
         {
             let members = read(&g.members);
             for (&id, member) in members.iter() {
-                if Some(id) != skip {
-                    self.offer(&member.outbox, message, &mut out);
+                if Some(id) == skip {
+                    continue;
+                }
+                match offset {
+                    Some(o) if o <= member.floor => {}
+                    Some(o) if member.pending.is_some() => self.hold(member, o, message, &mut out),
+                    _ => self.offer(&member.outbox, message, &mut out),
                 }
             }
         }
@@ -352,18 +439,44 @@ impl Hub {
         (!ids.is_empty()).then_some(ids)
     }
 
+    /// Hold a publication for a member still joining, within the limit of
+    /// its queue (past it, the slow-consumer policy applies).
+    fn hold(&self, member: &Member, offset: u64, message: &Prepared, out: &mut Fanout) {
+        let Some(pending) = &member.pending else {
+            return;
+        };
+        let mut held = lock(pending);
+        if held.len() < self.config.queue_messages {
+            held.push((offset, message.frame(member.outbox.encoding())));
+            return;
+        }
+        drop(held);
+        self.full(&member.outbox, out);
+    }
+
     fn offer(&self, outbox: &Outbox, message: &Prepared, out: &mut Fanout) {
-        match outbox.try_push(message.frame(outbox.encoding())) {
+        self.offer_frame(outbox, message.frame(outbox.encoding()), out);
+    }
+
+    /// Queue one frame for `outbox`, applying the slow-consumer policy when
+    /// its queue is full.
+    fn offer_frame(&self, outbox: &Outbox, frame: bytes::Bytes, out: &mut Fanout) {
+        match outbox.try_push(frame) {
             Ok(()) => out.delivered += 1,
             Err(PushError::Closing) => {}
-            Err(PushError::Full) => match self.config.policy {
-                SlowConsumerPolicy::Drop => out.dropped += 1,
-                SlowConsumerPolicy::Disconnect => {
-                    if outbox.request_close(Disconnect::SlowConsumer) {
-                        out.disconnected += 1;
-                    }
+            Err(PushError::Full) => self.full(outbox, out),
+        }
+    }
+
+    /// The slow-consumer policy, for a member whose queue is full.
+    fn full(&self, outbox: &Outbox, out: &mut Fanout) {
+        match self.config.policy {
+            SlowConsumerPolicy::Drop => out.dropped += 1,
+            SlowConsumerPolicy::Disconnect => {
+                if outbox.request_close(Disconnect::SlowConsumer) {
+                    out.disconnected += 1;
                 }
-            },
+            }
         }
     }
 
@@ -441,7 +554,7 @@ mod tests {
             h.join("g", &a, false);
             h.join("g", &b, false);
             let frame = text(b"xx");
-            assert_eq!(h.fanout("g", &frame, Some(a.id())).delivered, 2);
+            assert_eq!(h.fanout("g", &frame, Some(a.id()), None).delivered, 2);
             // Drain a only; b is slow.
             let mut batch = Vec::new();
             a.pop_batch(&mut batch, 10, 100);
@@ -452,8 +565,8 @@ mod tests {
                 "same bytes, no copy"
             );
             a.written(batch.len(), 4 * batch.len());
-            h.fanout("g", &frame, None);
-            let out = h.fanout("g", &frame, None);
+            h.fanout("g", &frame, None, None);
+            let out = h.fanout("g", &frame, None, None);
             match policy {
                 SlowConsumerPolicy::Drop => {
                     assert_eq!(
@@ -490,7 +603,7 @@ mod tests {
         let b = h.register(true, Encoding::PLAIN);
         h.join("g", &a, false);
         h.join("g", &b, false);
-        assert_eq!(h.fanout("g", &text(b"x"), Some(a.id())).delivered, 1);
+        assert_eq!(h.fanout("g", &text(b"x"), Some(a.id()), None).delivered, 1);
         assert_eq!((a.len(), b.len()), (0, 1));
         assert!(h.send_to(999, &text(b"")).is_none());
         assert_eq!(h.send_to(a.id(), &text(b"")).unwrap().delivered, 1);

@@ -21,6 +21,12 @@
 //! - [`broker`]: the publish/subscribe seam between nodes: `memory` (one
 //!   node), and cluster brokers over Redis and NATS (`cluster`, `redis`,
 //!   `nats`, `wire`).
+//! - [`history`]: each group's latest publications with offsets and an
+//!   epoch, for recovery and `history` reads (`memory` for the memory
+//!   broker).
+//! - [`groups`]: which groups keep history (`[[groups]]` prefix rules).
+//! - [`publication`]: a message on its way to its recipients (target,
+//!   publisher, payload), as the broker carries and history keeps it.
 //! - [`hub`]: connections by id and groups by name, sharded; fan-out.
 //! - [`flush`]: flush shards, which write fan-out to plain TCP sockets in
 //!   publication order without waking each connection's task.
@@ -52,12 +58,14 @@
 //! session
 //! node
 //! broker, conn
+//! history
 //! hub
 //! prepared, flush
 //! outbox
 //! metrics, logging
 //! config             (builds auth, limits and tls from the settings it validates)
-//! auth, limits, tls
+//! auth, limits, tls, groups
+//! publication
 //! protocol, disconnect
 //! ws, id
 //! ```
@@ -77,6 +85,8 @@ pub mod config;
 pub mod conn;
 pub mod disconnect;
 pub mod flush;
+pub mod groups;
+pub mod history;
 pub mod http;
 pub mod hub;
 pub mod id;
@@ -87,6 +97,7 @@ pub mod node;
 pub mod outbox;
 pub mod prepared;
 pub mod protocol;
+pub mod publication;
 pub mod server;
 pub mod session;
 pub mod tls;

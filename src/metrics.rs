@@ -104,7 +104,7 @@ impl Protocol {
 }
 
 /// Every error code, in index order (see [`error_index`]).
-const ERROR_CODES: [ErrorCode; 9] = [
+const ERROR_CODES: [ErrorCode; 10] = [
     ErrorCode::BadRequest,
     ErrorCode::InvalidGroup,
     ErrorCode::TooManyGroups,
@@ -114,6 +114,7 @@ const ERROR_CODES: [ErrorCode; 9] = [
     ErrorCode::NotAllowed,
     ErrorCode::InvalidToken,
     ErrorCode::BrokerUnavailable,
+    ErrorCode::NoHistory,
 ];
 
 /// Position of `code` in [`ERROR_CODES`]. Exhaustive, so a new code does not
@@ -129,6 +130,7 @@ fn error_index(code: ErrorCode) -> usize {
         ErrorCode::NotAllowed => 6,
         ErrorCode::InvalidToken => 7,
         ErrorCode::BrokerUnavailable => 8,
+        ErrorCode::NoHistory => 9,
     }
 }
 
@@ -302,6 +304,12 @@ pub struct Metrics {
     broker_received: Counter,
     broker_undecodable: Counter,
     gaps: Counter,
+    history_bytes: Gauge,
+    history_streams: Gauge,
+    history_appended: Counter,
+    history_evictions: Counter,
+    recoveries: Counter,
+    recovery_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -494,6 +502,38 @@ impl Metrics {
             "gaps",
             "gap messages sent to members: their group's subscription was interrupted",
         );
+        let history_bytes = gauge(
+            r,
+            "history_bytes",
+            "Bytes of history kept in this process (memory broker: payloads and bookkeeping)",
+        );
+        let history_streams = gauge(
+            r,
+            "history_streams",
+            "Groups whose history (or at least its position) this process keeps (memory broker)",
+        );
+        let history_appended = counter(
+            r,
+            "history_appended",
+            "Publications this node appended to a group's history",
+        );
+        let history_evictions = counter(
+            r,
+            "history_evictions",
+            "Groups whose whole history was dropped to stay under --history-memory \
+             (their epoch changes)",
+        );
+        let recoveries = counter(
+            r,
+            "recoveries",
+            "Joins with recover that got every missed publication",
+        );
+        let recovery_failures = counter(
+            r,
+            "recovery_failures",
+            "Joins with recover that could not get what they missed (other epoch, \
+             publications no longer kept): answered recovered:false",
+        );
         let outbox_depth = AtomicHistogram::new(&OUTBOX_FRAMES, 1.0);
         r.register(
             "outbox_depth_frames",
@@ -534,6 +574,12 @@ impl Metrics {
             broker_received,
             broker_undecodable,
             gaps,
+            history_bytes,
+            history_streams,
+            history_appended,
+            history_evictions,
+            recoveries,
+            recovery_failures,
         }
     }
 
@@ -714,6 +760,45 @@ impl Metrics {
         self.broker_received.inc();
         if !decoded {
             self.broker_undecodable.inc();
+        }
+    }
+
+    /// Bytes of history kept now.
+    pub fn set_history_bytes(&self, bytes: usize) {
+        self.history_bytes.set(bytes as i64);
+    }
+
+    /// Bytes of history kept, as last set.
+    pub fn history_bytes(&self) -> u64 {
+        self.history_bytes.get().max(0) as u64
+    }
+
+    /// A group's history stream was created.
+    pub fn history_stream_created(&self) {
+        self.history_streams.inc();
+    }
+
+    /// A group's history stream was removed.
+    pub fn history_stream_removed(&self) {
+        self.history_streams.dec();
+    }
+
+    /// A stream was dropped to bound memory.
+    pub fn history_stream_evicted(&self) {
+        self.history_evictions.inc();
+    }
+
+    /// A publication was appended to history.
+    pub fn history_appended(&self) {
+        self.history_appended.inc();
+    }
+
+    /// A recovering join: `recovered` or not.
+    pub fn record_recovery(&self, recovered: bool) {
+        if recovered {
+            self.recoveries.inc();
+        } else {
+            self.recovery_failures.inc();
         }
     }
 

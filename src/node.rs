@@ -12,6 +12,8 @@ use crate::broker::nats::NatsTransport;
 use crate::broker::redis::RedisTransport;
 use crate::broker::{Broker, MemoryBroker};
 use crate::config::{BrokerSpec, Config};
+use crate::groups::GroupRules;
+use crate::history::{History, MemoryHistory};
 use crate::hub::{Hub, HubConfig};
 use crate::id::{ClientId, ConnId};
 use crate::limits::Limits;
@@ -31,6 +33,12 @@ pub struct Node {
     pub hub: Arc<Hub>,
     /// Where publications go.
     pub broker: Arc<dyn Broker>,
+    /// What each group has (history), from `[[groups]]` and the flags.
+    pub rules: Arc<GroupRules>,
+    /// Where history is read (`None`: this broker keeps none).
+    pub history: Option<Arc<dyn History>>,
+    /// The memory broker's history, swept by the server every second.
+    pub memory_history: Option<Arc<MemoryHistory>>,
     /// Counters, behind `/metrics` and `/stats`.
     pub metrics: Arc<Metrics>,
     /// Admission limits (connection caps, rates, Origin, proxies).
@@ -110,8 +118,16 @@ impl Node {
                     .unwrap_or_else(|e| panic!("{e}: validate the config first")),
             )),
         };
+        let rules = Arc::new(config.group_rules());
+        let memory_history =
+            (spec == BrokerSpec::Memory).then(|| MemoryHistory::new(config.history_memory, metrics.clone()));
+        let history = memory_history.clone().map(|h| h as Arc<dyn History>);
         let broker: Arc<dyn Broker> = match transport {
-            None => Arc::new(MemoryBroker::new(hub.clone())),
+            None => Arc::new(MemoryBroker::new(
+                hub.clone(),
+                memory_history.clone().expect("memory broker"),
+                rules.clone(),
+            )),
             Some(t) => ClusterBroker::start(
                 t,
                 name.clone(),
@@ -128,6 +144,9 @@ impl Node {
             config,
             hub,
             broker,
+            rules,
+            history,
+            memory_history,
             metrics,
             limits,
             auth,

@@ -33,6 +33,22 @@ pub const BIN_PUBLISH: u32 = 3;
 pub const BIN_MESSAGE: u32 = 4;
 /// The member may have missed publications to a group (server to client).
 pub const BIN_GAP: u32 = 5;
+/// Join a group with history, recovering from a position.
+pub const BIN_JOIN_RECOVER: u32 = 6;
+/// The answer to a binary join of a group with history (server to client).
+pub const BIN_JOINED: u32 = 7;
+/// A message with its offset, to a member of a group with history
+/// (server to client).
+pub const BIN_MESSAGE_OFFSET: u32 = 8;
+/// Read a group's history.
+pub const BIN_HISTORY: u32 = 9;
+/// A page of history (server to client).
+pub const BIN_HISTORY_PAGE: u32 = 10;
+
+/// Most publications one `history` request returns.
+pub const MAX_HISTORY_LIMIT: usize = 1000;
+/// Longest epoch accepted in a request.
+pub const MAX_EPOCH_LEN: usize = 64;
 
 /// Error codes sent in `error` frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +72,8 @@ pub enum ErrorCode {
     /// The cluster's broker is down or not answering: the request was not
     /// carried out (a publication was not taken, a subscription not made).
     BrokerUnavailable,
+    /// `history` of a group that keeps none.
+    NoHistory,
 }
 
 impl ErrorCode {
@@ -71,6 +89,7 @@ impl ErrorCode {
             Self::NotAllowed => "not_allowed",
             Self::InvalidToken => "invalid_token",
             Self::BrokerUnavailable => "broker_unavailable",
+            Self::NoHistory => "no_history",
         }
     }
 }
@@ -104,6 +123,17 @@ pub enum Request<'a> {
     Join {
         /// Group name (validated).
         group: Cow<'a, str>,
+        /// Recover what was missed since this position.
+        recover: Option<Recover<'a>>,
+    },
+    /// Read a group's history.
+    History {
+        /// Group name (validated).
+        group: Cow<'a, str>,
+        /// Publications after this offset (`None`: the latest ones).
+        since: Option<u64>,
+        /// At most this many (1 to [`MAX_HISTORY_LIMIT`]; `None`: the most).
+        limit: Option<usize>,
     },
     /// Leave a group.
     Leave {
@@ -131,6 +161,16 @@ pub enum Request<'a> {
         /// The new JWT.
         token: Cow<'a, str>,
     },
+}
+
+/// Where a joining member left off: the offset of the last publication it
+/// got, in the epoch that offset belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recover<'a> {
+    /// Offset of the last publication received.
+    pub offset: u64,
+    /// Its epoch.
+    pub epoch: Cow<'a, str>,
 }
 
 /// A publication payload as received.
@@ -167,6 +207,80 @@ struct Envelope<'a> {
     data: Option<&'a RawValue>,
     #[serde(default, borrow, deserialize_with = "present")]
     token: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    recover: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    since: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    limit: Option<&'a RawValue>,
+}
+
+/// `recover`'s value.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecoverField<'a> {
+    offset: u64,
+    #[serde(borrow)]
+    epoch: Cow<'a, str>,
+}
+
+/// An optional non-negative integer field, or a `bad_request` naming it.
+fn number_field<'a>(
+    id: Option<&'a RawValue>,
+    raw: Option<&'a RawValue>,
+    field: &'static str,
+) -> Result<Option<u64>, RequestError<'a>> {
+    raw.map(|r| {
+        serde_json::from_str::<u64>(r.get()).map_err(|_| {
+            RequestError::new(
+                id,
+                ErrorCode::BadRequest,
+                format!("field '{field}' must be a non-negative integer"),
+            )
+        })
+    })
+    .transpose()
+}
+
+fn recover_field<'a>(
+    id: Option<&'a RawValue>,
+    raw: Option<&'a RawValue>,
+) -> Result<Option<Recover<'a>>, RequestError<'a>> {
+    let Some(raw) = raw else {
+        return Ok(None);
+    };
+    let r: RecoverField<'a> = serde_json::from_str(raw.get()).map_err(|_| {
+        RequestError::new(
+            id,
+            ErrorCode::BadRequest,
+            "field 'recover' must be {\"offset\":<non-negative integer>,\"epoch\":\"<string>\"}",
+        )
+    })?;
+    if r.epoch.len() > MAX_EPOCH_LEN {
+        return Err(RequestError::new(
+            id,
+            ErrorCode::BadRequest,
+            format!("field 'recover.epoch' is longer than {MAX_EPOCH_LEN} bytes"),
+        ));
+    }
+    Ok(Some(Recover {
+        offset: r.offset,
+        epoch: r.epoch,
+    }))
+}
+
+fn limit_field<'a>(
+    id: Option<&'a RawValue>,
+    raw: Option<&'a RawValue>,
+) -> Result<Option<usize>, RequestError<'a>> {
+    match number_field(id, raw, "limit")? {
+        Some(n) if n == 0 || n > MAX_HISTORY_LIMIT as u64 => Err(RequestError::new(
+            id,
+            ErrorCode::BadRequest,
+            format!("field 'limit' must be between 1 and {MAX_HISTORY_LIMIT}"),
+        )),
+        n => Ok(n.map(|n| n as usize)),
+    }
 }
 
 /// Keep a present field (even `null`) as `Some(raw)`.
@@ -269,6 +383,12 @@ pub fn parse_text(text: &str) -> Result<TextRequest<'_>, RequestError<'_>> {
     let request = match kind.as_ref() {
         "join" => Request::Join {
             group: group_field(id, env.group)?,
+            recover: recover_field(id, env.recover)?,
+        },
+        "history" => Request::History {
+            group: group_field(id, env.group)?,
+            since: number_field(id, env.since, "since")?,
+            limit: limit_field(id, env.limit)?,
         },
         "leave" => Request::Leave {
             group: group_field(id, env.group)?,
@@ -315,7 +435,50 @@ pub fn parse_binary(frame: &[u8]) -> Result<Request<'_>, RequestError<'static>> 
     match kind {
         BIN_JOIN => Ok(Request::Join {
             group: binary_group(payload)?,
+            recover: None,
         }),
+        BIN_JOIN_RECOVER => {
+            // offset (u64), epoch length (u8), epoch, group
+            if payload.len() < 9 {
+                return Err(bad(
+                    "binary recovering join shorter than its offset and epoch length",
+                ));
+            }
+            let offset = u64::from_le_bytes(payload[..8].try_into().expect("8 bytes"));
+            let len = payload[8] as usize;
+            let rest = &payload[9..];
+            if rest.len() < len || len > MAX_EPOCH_LEN {
+                return Err(bad("binary recovering join with a bad epoch length"));
+            }
+            let epoch =
+                std::str::from_utf8(&rest[..len]).map_err(|_| bad("binary epoch is not valid UTF-8"))?;
+            Ok(Request::Join {
+                group: binary_group(&rest[len..])?,
+                recover: Some(Recover {
+                    offset,
+                    epoch: Cow::Borrowed(epoch),
+                }),
+            })
+        }
+        BIN_HISTORY => {
+            // flags (u8; 1: since is set), since (u64), limit (u32; 0: the most), group
+            if payload.len() < 13 {
+                return Err(bad(
+                    "binary history request shorter than its flags, since and limit",
+                ));
+            }
+            let since =
+                (payload[0] & 1 == 1).then(|| u64::from_le_bytes(payload[1..9].try_into().expect("8 bytes")));
+            let limit = u32::from_le_bytes(payload[9..13].try_into().expect("4 bytes")) as usize;
+            if limit > MAX_HISTORY_LIMIT {
+                return Err(bad("binary history limit above 1000"));
+            }
+            Ok(Request::History {
+                group: binary_group(&payload[13..])?,
+                since,
+                limit: (limit > 0).then_some(limit),
+            })
+        }
         BIN_LEAVE => Ok(Request::Leave {
             group: binary_group(payload)?,
         }),
@@ -403,12 +566,14 @@ pub fn error(e: &RequestError<'_>) -> FramePayload {
     out
 }
 
-/// `{"type":"message","group":"G","from":"<id>","user":"<sub>","data":<data>}`;
-/// `group` is absent for a direct message, `from` for a server-side
+/// `{"type":"message","group":"G","offset":N,"from":"<id>","user":"<sub>","data":<data>}`;
+/// `group` is absent for a direct message, `offset` when the group keeps
+/// no history, `from` for a server-side
 /// publication, `user` when the publisher did not authenticate.
 /// `data` must be valid JSON text.
 pub fn message_json(
     group: Option<&str>,
+    offset: Option<u64>,
     from: Option<&ClientId>,
     user: Option<&str>,
     data: &[u8],
@@ -418,6 +583,11 @@ pub fn message_json(
     if let Some(g) = group {
         out.extend_from_slice(br#","group":"#);
         json_str(&mut out, g);
+    }
+    if let Some(o) = offset {
+        let mut s = String::with_capacity(32);
+        let _ = write!(s, r#","offset":{o}"#);
+        out.extend_from_slice(s.as_bytes());
     }
     if let Some(from) = from {
         let mut s = String::with_capacity(32);
@@ -455,14 +625,180 @@ pub fn gap_binary(group: &str) -> FramePayload {
     out
 }
 
-/// Binary delivery: type 4 (LE u32), group length, group, message bytes.
-pub fn message_binary(group: &str, data: &[u8]) -> FramePayload {
+/// Binary delivery: type 4 (LE u32), group length, group, message bytes;
+/// with an offset, type 8 and the offset (LE u64) before the bytes.
+pub fn message_binary(group: &str, offset: Option<u64>, data: &[u8]) -> FramePayload {
     debug_assert!(group.len() <= MAX_GROUP_LEN);
-    let mut out = FramePayload::with_capacity(5 + group.len() + data.len());
-    out.extend_from_slice(&BIN_MESSAGE.to_le_bytes());
+    let mut out = FramePayload::with_capacity(13 + group.len() + data.len());
+    let kind = if offset.is_some() {
+        BIN_MESSAGE_OFFSET
+    } else {
+        BIN_MESSAGE
+    };
+    out.extend_from_slice(&kind.to_le_bytes());
     out.push(group.len() as u8);
     out.extend_from_slice(group.as_bytes());
+    if let Some(o) = offset {
+        out.extend_from_slice(&o.to_le_bytes());
+    }
     out.extend_from_slice(data);
+    out
+}
+
+/// The answer to a join of a group with history: `{"type":"ack","id":<id>,
+/// "offset":N,"epoch":"E"}`, with `"recovered":true|false` when the join
+/// asked to recover.
+pub fn join_ack(id: &RawValue, offset: u64, epoch: &str, recovered: Option<bool>) -> FramePayload {
+    let mut out = FramePayload::with_capacity(80 + epoch.len());
+    out.extend_from_slice(br#"{"type":"ack","id":"#);
+    out.extend_from_slice(id.get().as_bytes());
+    let mut s = String::with_capacity(32);
+    let _ = write!(s, r#","offset":{offset},"epoch":"#);
+    out.extend_from_slice(s.as_bytes());
+    json_str(&mut out, epoch);
+    if let Some(r) = recovered {
+        out.extend_from_slice(if r {
+            br#","recovered":true"#
+        } else {
+            br#","recovered":false"#
+        });
+    }
+    out.push(b'}');
+    out
+}
+
+/// Binary join answer: type 7, recovered (u8: 0 no, 1 yes, 2 not asked),
+/// offset (LE u64), epoch length (u8), epoch, group.
+pub fn joined_binary(group: &str, offset: u64, epoch: &str, recovered: Option<bool>) -> FramePayload {
+    let epoch = &epoch.as_bytes()[..epoch.len().min(255)];
+    let mut out = FramePayload::with_capacity(14 + epoch.len() + group.len());
+    out.extend_from_slice(&BIN_JOINED.to_le_bytes());
+    out.push(match recovered {
+        Some(false) => 0,
+        Some(true) => 1,
+        None => 2,
+    });
+    out.extend_from_slice(&offset.to_le_bytes());
+    out.push(epoch.len() as u8);
+    out.extend_from_slice(epoch);
+    out.extend_from_slice(group.as_bytes());
+    out
+}
+
+/// One publication in a history answer.
+#[derive(Debug, Clone, Copy)]
+pub struct HistoryItem<'a> {
+    /// Its offset.
+    pub offset: u64,
+    /// The publishing connection, if a client published it.
+    pub from: Option<&'a ClientId>,
+    /// The publisher's user.
+    pub user: Option<&'a str>,
+    /// JSON text (`false`) or raw bytes (`true`).
+    pub binary: bool,
+    /// The payload.
+    pub data: &'a [u8],
+}
+
+/// Where a group's history stands, for a history answer.
+#[derive(Debug, Clone, Copy)]
+pub struct HistoryHead<'a> {
+    /// The group.
+    pub group: &'a str,
+    /// Offset of its latest publication.
+    pub offset: u64,
+    /// The epoch.
+    pub epoch: &'a str,
+    /// Nothing is missing between `since` and the first item.
+    pub complete: bool,
+    /// More items follow the last one.
+    pub more: bool,
+}
+
+/// `{"type":"history","id":<id>,"group":"G","offset":N,"epoch":"E",
+/// "complete":true,"more":false,"publications":[{"offset":1,"from":"..",
+/// "user":"..","data":<json>} or {"offset":2,"binary":"<base64>"},...]}`
+pub fn history_json(
+    id: Option<&RawValue>,
+    head: &HistoryHead<'_>,
+    items: &[HistoryItem<'_>],
+) -> FramePayload {
+    use base64::Engine as _;
+    let size: usize = items.iter().map(|i| i.data.len() * 4 / 3 + 64).sum();
+    let mut out = FramePayload::with_capacity(128 + size);
+    out.extend_from_slice(br#"{"type":"history""#);
+    if let Some(id) = id {
+        out.extend_from_slice(br#","id":"#);
+        out.extend_from_slice(id.get().as_bytes());
+    }
+    out.extend_from_slice(br#","group":"#);
+    json_str(&mut out, head.group);
+    let mut s = String::with_capacity(32);
+    let _ = write!(s, r#","offset":{},"epoch":"#, head.offset);
+    out.extend_from_slice(s.as_bytes());
+    json_str(&mut out, head.epoch);
+    out.extend_from_slice(if head.complete {
+        br#","complete":true"#
+    } else {
+        br#","complete":false"#
+    });
+    out.extend_from_slice(if head.more {
+        br#","more":true"#
+    } else {
+        br#","more":false"#
+    });
+    out.extend_from_slice(br#","publications":["#);
+    for (n, item) in items.iter().enumerate() {
+        if n > 0 {
+            out.push(b',');
+        }
+        s.clear();
+        let _ = write!(s, r#"{{"offset":{}"#, item.offset);
+        if let Some(from) = item.from {
+            let _ = write!(s, r#","from":"{from}""#);
+        }
+        out.extend_from_slice(s.as_bytes());
+        if let Some(user) = item.user {
+            out.extend_from_slice(br#","user":"#);
+            json_str(&mut out, user);
+        }
+        if item.binary {
+            out.extend_from_slice(br#","binary":""#);
+            let b64 = base64::engine::general_purpose::STANDARD.encode(item.data);
+            out.extend_from_slice(b64.as_bytes());
+            out.push(b'"');
+        } else {
+            out.extend_from_slice(br#","data":"#);
+            out.extend_from_slice(item.data);
+        }
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
+/// Binary history page: type 10, flags (u8: 1 complete, 2 more), offset
+/// (LE u64), epoch length (u8), epoch, group length (u8), group, count
+/// (LE u32), then per publication: offset (LE u64), kind (u8: 0 JSON
+/// text, 1 bytes), length (LE u32), payload.
+pub fn history_binary(head: &HistoryHead<'_>, items: &[HistoryItem<'_>]) -> FramePayload {
+    let epoch = &head.epoch.as_bytes()[..head.epoch.len().min(255)];
+    let size: usize = items.iter().map(|i| 13 + i.data.len()).sum();
+    let mut out = FramePayload::with_capacity(24 + epoch.len() + head.group.len() + size);
+    out.extend_from_slice(&BIN_HISTORY_PAGE.to_le_bytes());
+    out.push(u8::from(head.complete) | (u8::from(head.more) << 1));
+    out.extend_from_slice(&head.offset.to_le_bytes());
+    out.push(epoch.len() as u8);
+    out.extend_from_slice(epoch);
+    out.push(head.group.len() as u8);
+    out.extend_from_slice(head.group.as_bytes());
+    out.extend_from_slice(&(items.len() as u32).to_le_bytes());
+    for item in items {
+        out.extend_from_slice(&item.offset.to_le_bytes());
+        out.push(u8::from(item.binary));
+        out.extend_from_slice(&(item.data.len() as u32).to_le_bytes());
+        out.extend_from_slice(item.data);
+    }
     out
 }
 
@@ -481,7 +817,8 @@ mod tests {
         assert_eq!(
             r.request,
             Request::Join {
-                group: "lobby".into()
+                group: "lobby".into(),
+                recover: None
             }
         );
         let r = parse_text(r#"{"type":"publish","group":"a\nb","data":{"x":[1, 2]},"id":"q"}"#).unwrap_err();
@@ -562,7 +899,10 @@ mod tests {
     fn binary_requests() {
         assert_eq!(
             parse_binary(b"\x01\0\0\0g").unwrap(),
-            Request::Join { group: "g".into() }
+            Request::Join {
+                group: "g".into(),
+                recover: None
+            }
         );
         assert_eq!(
             parse_binary(b"\x02\0\0\0g").unwrap(),
@@ -605,6 +945,7 @@ mod tests {
         assert_eq!(v["message"], "say \"no\"");
         let m = message_json(
             Some("g\"1"),
+            None,
             Some(&ClientId { node: None, conn: 7 }),
             None,
             br#"{"k":1}"#,
@@ -614,7 +955,22 @@ mod tests {
             v,
             serde_json::json!({"type":"message","group":"g\"1","from":"7","data":{"k":1}})
         );
-        let b = message_binary("ab", b"xyz");
+        let b = message_binary("ab", None, b"xyz");
         assert_eq!(&b[..], b"\x04\0\0\0\x02abxyz");
+        let b = message_binary("ab", Some(1), b"xyz");
+        assert_eq!(&b[..], b"\x08\0\0\0\x02ab\x01\0\0\0\0\0\0\0xyz");
+        let m = message_json(Some("g"), Some(9), None, None, b"1");
+        assert_eq!(
+            payload(&m),
+            r#"{"type":"message","group":"g","offset":9,"data":1}"#
+        );
+        assert_eq!(
+            payload(&join_ack(&id, 3, "e\"", Some(true))),
+            r#"{"type":"ack","id":"a","offset":3,"epoch":"e\"","recovered":true}"#
+        );
+        assert_eq!(
+            &joined_binary("g", 2, "ep", None)[..],
+            b"\x07\0\0\0\x02\x02\0\0\0\0\0\0\0\x02epg"
+        );
     }
 }

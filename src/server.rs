@@ -160,6 +160,19 @@ impl Server {
                 }
             }
         });
+        if let Some(history) = node.memory_history.clone() {
+            // Expired history entries are freed within a second.
+            let stop = node.shutdown.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tick.tick() => history.sweep(),
+                    }
+                }
+            });
+        }
         node.hub.start_flushers();
         let drained = CancellationToken::new();
         // Connections accepted during the drain. They are not sessions and

@@ -273,7 +273,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Err(e) => return self.reply_error(&e),
         };
         let result = match request {
-            Request::Join { group } => self.join(&group, kind == Protocol::Binary).await,
+            Request::Join { group, recover } => {
+                let binary = kind == Protocol::Binary;
+                match self.join(&group, binary, recover.as_ref(), id).await {
+                    // Answered already, in its place before recovered and
+                    // held-back publications.
+                    Ok(true) => return,
+                    Ok(false) => Ok(()),
+                    Err(f) => Err(f),
+                }
+            }
+            Request::History { group, since, limit } => {
+                match self
+                    .history(&group, since, limit, kind == Protocol::Binary, id)
+                    .await
+                {
+                    Ok(()) => return,
+                    Err(f) => Err(f),
+                }
+            }
             Request::Leave { group } => {
                 self.leave(&group);
                 Ok(())
@@ -335,15 +353,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// `join`: become a member, subscribing the node to the group's
     /// publications if it is not yet; answered once the subscription is in
     /// place, so that whatever is published after the ack arrives.
-    async fn join(&mut self, group: &str, binary: bool) -> Result<(), Failure> {
-        if self.grant.as_ref().is_some_and(|g| !g.join.allows(group)) {
-            return Err((
-                ErrorCode::NotAllowed,
-                format!("your token does not allow joining '{group}'").into(),
-            ));
+    ///
+    /// In a group with history the member is held back while the join reads
+    /// the group's position (and, with `recover`, what the member missed):
+    /// the answer carries the position, the recovered publications follow
+    /// it, then what was published meanwhile, each once, in offset order.
+    /// Returns whether it answered already (a history group's join).
+    async fn join(
+        &mut self,
+        group: &str,
+        binary: bool,
+        recover: Option<&protocol::Recover<'_>>,
+        id: Option<&RawValue>,
+    ) -> Result<bool, Failure> {
+        self.may_join(group)?;
+        let features = self.node.rules.features(group);
+        let history = self.node.history.clone().filter(|_| features.history());
+        if self.membership.groups.iter().any(|g| **g == *group) && history.is_none() {
+            return Ok(false);
         }
         if self.membership.groups.iter().any(|g| **g == *group) {
-            return Ok(());
+            // Already a member: leave and join again, so that a recovering
+            // rejoin gets what it asks for.
+            self.leave(group);
         }
         let max = self.node.config.max_groups_per_connection;
         if self.membership.groups.len() >= max {
@@ -352,12 +384,144 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 format!("a connection may be in at most {max} groups").into(),
             ));
         }
-        let joined = self.node.hub.join(group, &self.outbox, binary);
-        if let Err(e) = self.node.broker.subscribe(&joined.name).wait().await {
-            self.leave_hub(&joined.name);
+        let Some(history) = history else {
+            // Listed before waiting, so that the group is left however the
+            // session ends.
+            let name = self.node.hub.join(group, &self.outbox, binary).name;
+            self.membership.groups.push(name.clone());
+            if let Err(e) = self.node.broker.subscribe(&name).wait().await {
+                self.leave(&name);
+                return Err(broker_failure(e, None));
+            }
+            return Ok(false);
+        };
+        let name = self.node.hub.join_buffering(group, &self.outbox, binary).name;
+        self.membership.groups.push(name.clone());
+        if let Err(e) = self.node.broker.subscribe(&name).wait().await {
+            self.leave(&name);
             return Err(broker_failure(e, None));
         }
-        self.membership.groups.push(joined.name);
+        let limit = if recover.is_some() {
+            features.history_size
+        } else {
+            0
+        };
+        let page = match history.read(&name, recover.map(|r| r.offset), limit).await {
+            Ok(p) => p,
+            Err(e) => {
+                self.leave(&name);
+                return Err((ErrorCode::BrokerUnavailable, e.to_string().into()));
+            }
+        };
+        // What is replayed goes through the member's queue: more than the
+        // queue takes cannot be recovered (the client reloads instead).
+        let fits = page.entries.len() <= self.node.config.queue_messages
+            && page
+                .entries
+                .iter()
+                .map(|e| e.publication.payload.bytes().len())
+                .sum::<usize>()
+                <= self.node.config.queue_bytes;
+        let recovered = recover.map(|r| fits && page.recovers(r.offset, &r.epoch));
+        if let Some(r) = recovered {
+            self.node.metrics.record_recovery(r);
+        }
+        let encoding = self.outbox.encoding();
+        let c = self.node.hub.compression();
+        let answer = if binary {
+            let p = protocol::joined_binary(&name, page.position.offset, &page.position.epoch, recovered);
+            Some(Prepared::binary(p, c).frame(encoding))
+        } else {
+            id.map(|id| {
+                let p = protocol::join_ack(id, page.position.offset, &page.position.epoch, recovered);
+                Prepared::text(p, c).frame(encoding)
+            })
+        };
+        let frames: Vec<(u64, Bytes)> = if recovered == Some(true) {
+            page.entries
+                .iter()
+                .map(|e| {
+                    let p = &e.publication;
+                    let message = match &p.payload {
+                        Payload::Json(data) => Prepared::text(
+                            protocol::message_json(
+                                Some(&name),
+                                Some(e.offset),
+                                p.from.as_ref(),
+                                p.user.as_deref(),
+                                data,
+                            ),
+                            c,
+                        ),
+                        Payload::Binary(data) => {
+                            Prepared::binary(protocol::message_binary(&name, Some(e.offset), data), c)
+                        }
+                    };
+                    (e.offset, message.frame(encoding))
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        if !self
+            .node
+            .hub
+            .go_live(&name, self.outbox.id(), answer, frames, page.position.offset)
+        {
+            self.leave(&name);
+            return Err((
+                ErrorCode::Internal,
+                "the connection left the group while joining".into(),
+            ));
+        }
+        Ok(true)
+    }
+
+    /// Whether the token allows joining (or reading the history of) `group`.
+    fn may_join(&self, group: &str) -> Result<(), Failure> {
+        if self.grant.as_ref().is_some_and(|g| !g.join.allows(group)) {
+            return Err((
+                ErrorCode::NotAllowed,
+                format!("your token does not allow joining '{group}'").into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `history`: read a group's kept publications, answered with one
+    /// `history` message (or binary page) whether or not it had an id.
+    async fn history(
+        &mut self,
+        group: &str,
+        since: Option<u64>,
+        limit: Option<usize>,
+        binary: bool,
+        id: Option<&RawValue>,
+    ) -> Result<(), Failure> {
+        self.may_join(group)?;
+        let features = self.node.rules.features(group);
+        let Some(history) = self.node.history.clone().filter(|_| features.history()) else {
+            return Err((
+                ErrorCode::NoHistory,
+                format!("group '{group}' keeps no history").into(),
+            ));
+        };
+        let name: Arc<str> = Arc::from(group);
+        let limit = limit
+            .unwrap_or(protocol::MAX_HISTORY_LIMIT)
+            .min(features.history_size);
+        let page = history
+            .read(&name, since, limit)
+            .await
+            .map_err(|e| (ErrorCode::BrokerUnavailable, e.to_string().into()))?;
+        let payload = crate::history::answer(&name, &page, binary, id);
+        let c = self.node.hub.compression();
+        let message = if binary {
+            Prepared::binary(payload, c)
+        } else {
+            Prepared::text(payload, c)
+        };
+        self.outbox.push_reply(message.frame(self.outbox.encoding()));
         Ok(())
     }
 

@@ -322,3 +322,58 @@ fn node_names_are_validated() {
     let t = effective(&["config"], &[("ROOMCAST_NODE_NAME", "web-1.eu_west")]);
     assert_eq!(t["node_name"].as_str(), Some("web-1.eu_west"));
 }
+
+/// `[[groups]]` rules load from the file, print back as a loadable file,
+/// and are checked: limits, one rule per prefix, history only where the
+/// broker keeps it.
+#[test]
+fn group_rules_load_print_and_are_checked() {
+    let path = write_file(
+        "groups.toml",
+        "history_size = 5\n\
+         [[groups]]\nprefix = \"chat:\"\nhistory_size = 100\nhistory_ttl = \"2m\"\n\
+         [[groups]]\nprefix = \"chat:big:\"\n",
+    );
+    let t = effective(&["config", "--config", &path], &[]);
+    assert_eq!(t["history_size"].as_integer(), Some(5));
+    let groups = t["groups"].as_array().expect("groups printed");
+    assert_eq!(groups.len(), 2);
+    assert_eq!(groups[0]["prefix"].as_str(), Some("chat:"));
+    assert_eq!(groups[0]["history_ttl"].as_str(), Some("2m"));
+    assert_eq!(groups[1]["history_size"].as_integer(), Some(0), "left out: off");
+    let text = String::from_utf8(roomcast(&["config", "--config", &path], &[]).stdout).unwrap();
+    let again = write_file("groups-again.toml", &text);
+    assert_eq!(effective(&["config", "--config", &again], &[]), t, "round trip");
+    for (file, key) in [
+        (
+            "[[groups]]\nprefix = \"a\"\n[[groups]]\nprefix = \"a\"\n",
+            "groups.prefix",
+        ),
+        (
+            "[[groups]]\nprefix = \"a\"\nhistory_size = 100001\n",
+            "groups.history_size",
+        ),
+        (
+            "[[groups]]\nprefix = \"a\"\nhistory_size = 1\nhistory_ttl = \"0s\"\n",
+            "groups.history_ttl",
+        ),
+        ("[[groups]]\nprefix = \"a\"\nhistory = 1\n", "history"),
+        (
+            "history_size = 10\nbroker = \"redis://127.0.0.1:1\"\n",
+            "history_size",
+        ),
+        ("history_memory = 10\n", "history_memory"),
+    ] {
+        let path = write_file("bad-groups.toml", file);
+        let out = roomcast(&["config", "--config", &path], &[]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{file}: {err}");
+        assert!(err.contains(&format!("invalid setting '{key}")), "{file}: {err}");
+    }
+    let out = roomcast(&["config", "--history-size", "3", "--history-ttl", "1m"], &[]);
+    let t: toml::Table = String::from_utf8(out.stdout).unwrap().parse().unwrap();
+    assert_eq!(
+        (t["history_size"].as_integer(), t["history_ttl"].as_str()),
+        (Some(3), Some("1m"))
+    );
+}

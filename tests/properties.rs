@@ -108,7 +108,7 @@ proptest! {
             serde_json::to_string(&kind).unwrap(), serde_json::to_string(&group).unwrap(), id);
         match protocol::parse_text(&text) {
             Ok(r) => match r.request {
-                Request::Join { group } | Request::Leave { group } | Request::Publish { group, .. } => {
+                Request::Join { group, .. } | Request::Leave { group } | Request::Publish { group, .. } => {
                     prop_assert!(protocol::validate_group(&group).is_ok());
                 }
                 _ => {}
@@ -129,7 +129,7 @@ proptest! {
     fn published_json_is_delivered_verbatim(n in any::<i64>(), s in ".{0,50}", group in "[a-z]{1,10}") {
         let data = serde_json::json!({"n": n, "s": s, "list": [1, "two", null]}).to_string();
         let from = roomcast::id::ClientId { node: None, conn: 7 };
-        let payload = protocol::message_json(Some(&group), Some(&from), Some("u"), data.as_bytes());
+        let payload = protocol::message_json(Some(&group), None, Some(&from), Some("u"), data.as_bytes());
         let mut d = Decoder::new(1 << 20);
         // Mask the payload as a client would, to reuse the decoder.
         let wire = client_frame(true, OP_TEXT, [9, 8, 7, 6], &payload);
@@ -694,7 +694,7 @@ proptest! {
                 }
                 let want_data = data.as_ref().map(|v| v.to_string());
                 match r.request {
-                    Request::Join { group: g } | Request::Leave { group: g } => {
+                    Request::Join { group: g, .. } | Request::Leave { group: g } => {
                         prop_assert_eq!(Some(g.into_owned()), str_of(&group));
                     }
                     Request::Publish { group: g, data: Data::Json(raw) } => {
@@ -810,7 +810,7 @@ proptest! {
             Ok(r) => {
                 prop_assert!(valid_group);
                 match (kind, r) {
-                    (1, Request::Join { group: g }) | (2, Request::Leave { group: g }) => prop_assert_eq!(g, group.as_str()),
+                    (1, Request::Join { group: g, .. }) | (2, Request::Leave { group: g }) => prop_assert_eq!(g, group.as_str()),
                     (3, Request::Publish { group: g, data: Data::Binary(d) }) => {
                         prop_assert_eq!(g, group.as_str());
                         prop_assert_eq!(d, data.as_slice());

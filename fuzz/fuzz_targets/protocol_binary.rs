@@ -11,7 +11,7 @@ use roomcast::protocol::{self, Data, Request};
 
 fuzz_target!(|frame: &[u8]| {
     match protocol::parse_binary(frame) {
-        Ok(Request::Join { group } | Request::Leave { group }) => {
+        Ok(Request::Join { group, .. } | Request::Leave { group }) => {
             assert!(protocol::validate_group(&group).is_ok());
             assert_eq!(4 + group.len(), frame.len());
         }
@@ -21,7 +21,7 @@ fuzz_target!(|frame: &[u8]| {
                 panic!("a binary publish carries bytes")
             };
             assert_eq!(5 + group.len() + d.len(), frame.len());
-            let out = protocol::message_binary(&group, d);
+            let out = protocol::message_binary(&group, None, d);
             // The delivery is: type 4, group length, group, payload.
             assert_eq!(out.len(), 5 + group.len() + d.len());
             let tail = &out[..];

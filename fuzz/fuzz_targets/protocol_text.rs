@@ -39,7 +39,7 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(ack["id"], id.get(), "the id is echoed verbatim");
             }
             match r.request {
-                Request::Join { group } | Request::Leave { group } => {
+                Request::Join { group, .. } | Request::Leave { group } => {
                     assert!(protocol::validate_group(&group).is_ok());
                 }
                 Request::Publish { group, data } => {

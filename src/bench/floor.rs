@@ -199,6 +199,7 @@ pub fn record_len(size: usize) -> usize {
     let data = format!("\"{}\"", "x".repeat(size));
     message_json(
         Some("g0"),
+        None,
         Some(&crate::id::ClientId {
             node: None,
             conn: 10_001,

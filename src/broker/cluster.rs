@@ -282,7 +282,7 @@ impl Broker for ClusterBroker {
             Target::Conn(id) if self.is_local(id) => {
                 // This node holds it: no need for a round trip.
                 let node = Some(&*self.shared.node);
-                return Pending::Ready(deliver_local(&self.shared.hub, &publication, node).map(|_| ()));
+                return Pending::Ready(deliver_local(&self.shared.hub, &publication, node, None).map(|_| ()));
             }
             Target::Conn(id) => match &id.node {
                 Some(node) => (Channel::Node(node.clone()), Some(id.clone())),
@@ -355,7 +355,7 @@ impl Shared {
             Some(Envelope::Publication(p)) => {
                 // An unknown connection here is a send to one that has
                 // gone: nothing to deliver, nobody waiting to be told.
-                let _ = deliver_local(&self.hub, &p, Some(&self.node));
+                let _ = deliver_local(&self.hub, &p, Some(&self.node), None);
             }
             Some(Envelope::Disconnect(conn, close)) => {
                 if let Some(outbox) = self.hub.connection(conn) {

@@ -1,9 +1,12 @@
-//! The single-node broker: a publication goes straight to the local hub.
+//! The single-node broker: a publication goes straight to the local hub,
+//! and into the group's history first when the group keeps one.
 
 use std::sync::Arc;
 
-use super::{Broker, Pending, Publication, Status, deliver_local, disconnect_local};
+use super::{Broker, Pending, Publication, Status, Target, deliver_local, disconnect_local};
 use crate::disconnect::ApiClose;
+use crate::groups::GroupRules;
+use crate::history::MemoryHistory;
 use crate::hub::Hub;
 use crate::id::ClientId;
 
@@ -11,18 +14,32 @@ use crate::id::ClientId;
 #[derive(Debug, Clone)]
 pub struct MemoryBroker {
     hub: Arc<Hub>,
+    history: Arc<MemoryHistory>,
+    rules: Arc<GroupRules>,
 }
 
 impl MemoryBroker {
-    /// A broker delivering to `hub`.
-    pub fn new(hub: Arc<Hub>) -> Self {
-        Self { hub }
+    /// A broker delivering to `hub`, keeping history in `history` for the
+    /// groups whose rule asks for it.
+    pub fn new(hub: Arc<Hub>, history: Arc<MemoryHistory>, rules: Arc<GroupRules>) -> Self {
+        Self { hub, history, rules }
     }
 }
 
 impl Broker for MemoryBroker {
     fn publish(&self, publication: Publication) -> Pending {
-        Pending::Ready(deliver_local(&self.hub, &publication, None).map(|_| ()))
+        if let Target::Group(g) = &publication.target {
+            let features = self.rules.features(g);
+            if features.history() {
+                // Offsets are delivered in order: the fan-out runs under
+                // the stream's lock.
+                let r = self.history.append(g, features, &publication, |offset| {
+                    deliver_local(&self.hub, &publication, None, Some(offset))
+                });
+                return Pending::Ready(r.map(|_| ()));
+            }
+        }
+        Pending::Ready(deliver_local(&self.hub, &publication, None, None).map(|_| ()))
     }
 
     fn disconnect(&self, conn: ClientId, close: ApiClose) -> Pending {

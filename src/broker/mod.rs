@@ -20,7 +20,6 @@ pub mod wire;
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use crate::disconnect::{ApiClose, Disconnect};
@@ -29,52 +28,11 @@ use crate::id::ClientId;
 use crate::prepared::Prepared;
 use crate::protocol;
 
+pub use crate::publication::{Payload, Publication, Target};
 pub use memory::MemoryBroker;
 
 /// A boxed, sendable future.
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// Where a publication goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
-    /// Every member of a group, on every node.
-    Group(Arc<str>),
-    /// One connection, on whichever node holds it.
-    Conn(ClientId),
-    /// Every connection of every node.
-    All,
-}
-
-/// A publication's payload, as the publisher sent it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Payload {
-    /// Raw JSON text, delivered inside a JSON `message` frame.
-    Json(Bytes),
-    /// Raw bytes, delivered as a binary type-4 frame.
-    Binary(Bytes),
-}
-
-impl Payload {
-    /// The bytes, JSON text or binary.
-    pub fn bytes(&self) -> &Bytes {
-        match self {
-            Self::Json(b) | Self::Binary(b) => b,
-        }
-    }
-}
-
-/// One message on its way to its recipients.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Publication {
-    /// Recipients.
-    pub target: Target,
-    /// The publishing connection, if a client published it.
-    pub from: Option<ClientId>,
-    /// The publisher's user (JWT `sub`), if it authenticated.
-    pub user: Option<Arc<str>>,
-    /// The payload.
-    pub payload: Payload,
-}
 
 /// Why a publication or subscription failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -152,8 +110,14 @@ pub trait Broker: Send + Sync + 'static {
 
 /// Prepare `p` once and queue it for its recipients on this node, whose
 /// name in the cluster is `node` (`None` on a single node). A connection id
-/// naming another node is unknown here.
-pub fn deliver_local(hub: &Hub, p: &Publication, node: Option<&str>) -> Result<Fanout, BrokerError> {
+/// naming another node is unknown here. `offset`: the publication's offset
+/// in its group's history, when the group keeps one.
+pub fn deliver_local(
+    hub: &Hub,
+    p: &Publication,
+    node: Option<&str>,
+    offset: Option<u64>,
+) -> Result<Fanout, BrokerError> {
     let is_local = |id: &ClientId| id.node.as_deref() == node;
     let group = match &p.target {
         Target::Group(g) => Some(&**g),
@@ -162,15 +126,17 @@ pub fn deliver_local(hub: &Hub, p: &Publication, node: Option<&str>) -> Result<F
     let c = hub.compression();
     let message = match &p.payload {
         Payload::Json(data) => Prepared::text(
-            protocol::message_json(group, p.from.as_ref(), p.user.as_deref(), data),
+            protocol::message_json(group, offset, p.from.as_ref(), p.user.as_deref(), data),
             c,
         ),
-        Payload::Binary(data) => Prepared::binary(protocol::message_binary(group.unwrap_or(""), data), c),
+        Payload::Binary(data) => {
+            Prepared::binary(protocol::message_binary(group.unwrap_or(""), offset, data), c)
+        }
     };
     match &p.target {
         Target::Group(g) => {
             let publisher = p.from.as_ref().filter(|f| is_local(f)).map(|f| f.conn);
-            Ok(hub.fanout(g, &message, publisher))
+            Ok(hub.fanout(g, &message, publisher, offset))
         }
         Target::Conn(id) => is_local(id)
             .then(|| hub.send_to(id.conn, &message))

@@ -99,6 +99,7 @@ pub fn router(node: Arc<Node>) -> Router<Arc<Node>> {
         .route("/disconnect", post(disconnect))
         .route("/groups", get(list_groups))
         .route("/groups/{group}", get(group_info))
+        .route("/groups/{group}/history", get(group_history))
         .route_layer(middleware::from_fn_with_state(node, authorize))
 }
 
@@ -597,6 +598,59 @@ async fn group_info(
     })?;
     let conns: Vec<String> = ids.iter().map(|&id| node.client_id(id).to_string()).collect();
     Ok(axum::Json(json!({ "name": group, "members": conns.len(), "connections": conns })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryQuery {
+    since: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// `GET /api/groups/{group}/history?since=N&limit=L`: the group's kept
+/// publications after offset `since` (or the latest), at most `limit`
+/// (1 to 1000, default 100), with its offset and epoch.
+async fn group_history(
+    State(node): State<Arc<Node>>,
+    group: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    q: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    let Path(group) =
+        group.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_group", e.body_text()))?;
+    check_group(&group)?;
+    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > crate::protocol::MAX_HISTORY_LIMIT {
+        return Err(ApiError::bad_request(format!(
+            "'limit' must be between 1 and {}",
+            crate::protocol::MAX_HISTORY_LIMIT
+        )));
+    }
+    let features = node.rules.features(&group);
+    let Some(history) = node.history.clone().filter(|_| features.history()) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_history",
+            format!("group '{group}' keeps no history"),
+        ));
+    };
+    let name: Arc<str> = group.into();
+    let page = history
+        .read(&name, q.since, limit.min(features.history_size))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "broker_unavailable",
+                e.to_string(),
+            )
+        })?;
+    let body = crate::history::answer(&name, &page, false, None);
+    Ok((
+        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        body.to_vec(),
+    )
+        .into_response())
 }
 
 #[cfg(test)]
