@@ -697,10 +697,12 @@ impl Config {
                 );
             }
         }
-        if self.broker_spec().is_ok_and(|b| b != BrokerSpec::Memory) && self.group_rules().any_history() {
+        if self.broker_spec().is_ok_and(|b| matches!(b, BrokerSpec::Nats(_)))
+            && self.group_rules().any_history()
+        {
             return err(
                 "history_size",
-                "history needs the memory broker for now (Redis and NATS history are being built)",
+                "history needs the memory or the Redis broker for now (NATS history is being built)",
             );
         }
         if self.history_memory < 1024 * 1024 {

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
@@ -31,6 +31,23 @@ const CONN_SHARDS: usize = 16;
 #[derive(Debug, Default)]
 struct Group {
     members: RwLock<IndexMap<ConnId, Member>>,
+    /// Highest offset delivered here (groups with history).
+    last: AtomicU64,
+    /// The epoch of the group's history as this node last read it.
+    epoch: Mutex<Option<Arc<str>>>,
+    /// While this node catches up after a broker outage: publications
+    /// with offsets are held here instead of delivered (see
+    /// [`Hub::hold`]).
+    holding: AtomicBool,
+    held: Mutex<HeldGroup>,
+}
+
+/// Publications held for a whole group while it catches up.
+#[derive(Debug, Default)]
+struct HeldGroup {
+    messages: Vec<(u64, Prepared)>,
+    /// More arrived than a member's queue takes: some were dropped.
+    overflowed: bool,
 }
 
 /// One member of a group.
@@ -250,6 +267,106 @@ impl Hub {
         true
     }
 
+    /// Note the position of `group`'s history that a join just read.
+    pub fn note_position(&self, group: &str, offset: u64, epoch: &Arc<str>) {
+        if let Some(g) = lock(self.group_shard(group)).get(group).cloned() {
+            let mut e = lock(&g.epoch);
+            if e.as_deref() != Some(&**epoch) {
+                // Another epoch: offsets started again.
+                g.last.store(offset, Ordering::Relaxed);
+                *e = Some(epoch.clone());
+            } else {
+                g.last.fetch_max(offset, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Hold back publications with offsets for every group `keeps` says
+    /// keeps history, until [`Hub::catch_up`]: the broker connection was
+    /// lost, and when it is back, what was missed must be delivered
+    /// before what arrives live.
+    pub fn hold(&self, keeps: impl Fn(&str) -> bool) {
+        for shard in self.groups.iter() {
+            let groups: Vec<(Arc<str>, Arc<Group>)> =
+                lock(shard).iter().map(|(n, g)| (n.clone(), g.clone())).collect();
+            for (name, g) in groups {
+                if keeps(&name) {
+                    let _members = write(&g.members);
+                    g.holding.store(true, Ordering::Release);
+                }
+            }
+        }
+    }
+
+    /// Where this node stands in `group`'s history: the highest offset it
+    /// delivered and the epoch, when known.
+    pub fn position(&self, group: &str) -> Option<(u64, Arc<str>)> {
+        let g = lock(self.group_shard(group)).get(group).cloned()?;
+        let epoch = lock(&g.epoch).clone()?;
+        Some((g.last.load(Ordering::Relaxed), epoch))
+    }
+
+    /// End the hold of `group`: deliver `missed` (publications read from
+    /// history after the node's position, in offset order; `None` when
+    /// they could not be read or are no longer all kept: members get a
+    /// `gap` instead), then the held publications above them, each
+    /// member skipping what it has. Returns (members caught up, members
+    /// told of a gap).
+    pub fn catch_up(&self, group: &str, missed: Option<Vec<(u64, Prepared)>>) -> (usize, usize) {
+        let Some(g) = lock(self.group_shard(group)).get(group).cloned() else {
+            return (0, 0);
+        };
+        let mut members = write(&g.members);
+        let held = std::mem::take(&mut *lock(&g.held));
+        g.holding.store(false, Ordering::Release);
+        let missed = missed.filter(|_| !held.overflowed);
+        let last = g.last.load(Ordering::Relaxed);
+        let start = Instant::now();
+        let mut out = Fanout::default();
+        let (mut caught_up, mut gaps) = (0, 0);
+        let gap = missed.is_none().then(|| {
+            (
+                Prepared::text(crate::protocol::gap_json(group), &self.compression),
+                Prepared::binary(crate::protocol::gap_binary(group), &self.compression),
+            )
+        });
+        let mut top = last;
+        for member in members.values_mut() {
+            let floor = member.floor.max(last);
+            if let Some((json, binary)) = &gap {
+                // The gap stands where publications went missing: before
+                // those held since.
+                self.offer(
+                    &member.outbox,
+                    if member.binary { binary } else { json },
+                    &mut out,
+                );
+                gaps += 1;
+            } else {
+                caught_up += 1;
+            }
+            let mut at = floor;
+            let recovered = missed.iter().flatten().filter(|(o, _)| *o > floor);
+            let later = held.messages.iter().filter(|(o, _)| *o > floor);
+            for (o, message) in recovered.chain(later) {
+                if *o <= at {
+                    continue;
+                }
+                at = *o;
+                match &member.pending {
+                    // Still joining: its join sorts them out by offset.
+                    Some(p) => lock(p).push((*o, message.frame(member.outbox.encoding()))),
+                    None => self.offer(&member.outbox, message, &mut out),
+                }
+            }
+            top = top.max(at);
+        }
+        g.last.store(top, Ordering::Relaxed);
+        drop(members);
+        self.count(&out, start);
+        (caught_up, gaps)
+    }
+
     fn join_member(&self, group: &str, conn: &Arc<Outbox>, binary: bool, buffering: bool) -> Joined {
         let mut shard = lock(self.group_shard(group));
         let (name, g, created) = match shard.get_key_value(group) {
@@ -331,13 +448,28 @@ impl Hub {
         let mut out = Fanout::default();
         {
             let members = read(&g.members);
+            if let Some(o) = offset {
+                if g.holding.load(Ordering::Acquire) {
+                    let mut held = lock(&g.held);
+                    if held.messages.len() < self.config.queue_messages {
+                        held.messages.push((o, message.duplicate()));
+                    } else {
+                        held.overflowed = true;
+                    }
+                    drop(held);
+                    drop(members);
+                    self.count(&out, start);
+                    return out;
+                }
+                g.last.fetch_max(o, Ordering::Relaxed);
+            }
             for (&id, member) in members.iter() {
                 if Some(id) == skip {
                     continue;
                 }
                 match offset {
                     Some(o) if o <= member.floor => {}
-                    Some(o) if member.pending.is_some() => self.hold(member, o, message, &mut out),
+                    Some(o) if member.pending.is_some() => self.hold_for(member, o, message, &mut out),
                     _ => self.offer(&member.outbox, message, &mut out),
                 }
             }
@@ -441,7 +573,7 @@ impl Hub {
 
     /// Hold a publication for a member still joining, within the limit of
     /// its queue (past it, the slow-consumer policy applies).
-    fn hold(&self, member: &Member, offset: u64, message: &Prepared, out: &mut Fanout) {
+    fn hold_for(&self, member: &Member, offset: u64, message: &Prepared, out: &mut Fanout) {
         let Some(pending) = &member.pending else {
             return;
         };

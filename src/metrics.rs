@@ -310,6 +310,7 @@ pub struct Metrics {
     history_evictions: Counter,
     recoveries: Counter,
     recovery_failures: Counter,
+    gaps_recovered: Counter,
 }
 
 impl Default for Metrics {
@@ -523,6 +524,12 @@ impl Metrics {
             "Groups whose whole history was dropped to stay under --history-memory \
              (their epoch changes)",
         );
+        let gaps_recovered = counter(
+            r,
+            "gaps_recovered",
+            "Members of groups with history that missed publications while this node's \
+             broker connection was down and got them from history instead of a gap",
+        );
         let recoveries = counter(
             r,
             "recoveries",
@@ -580,6 +587,7 @@ impl Metrics {
             history_evictions,
             recoveries,
             recovery_failures,
+            gaps_recovered,
         }
     }
 
@@ -791,6 +799,11 @@ impl Metrics {
     /// A publication was appended to history.
     pub fn history_appended(&self) {
         self.history_appended.inc();
+    }
+
+    /// `n` members caught up from history after a broker outage.
+    pub fn record_gaps_recovered(&self, n: usize) {
+        self.gaps_recovered.inc_by(n as u64);
     }
 
     /// A recovering join: `recovered` or not.

@@ -121,21 +121,26 @@ impl Node {
         let rules = Arc::new(config.group_rules());
         let memory_history =
             (spec == BrokerSpec::Memory).then(|| MemoryHistory::new(config.history_memory, metrics.clone()));
-        let history = memory_history.clone().map(|h| h as Arc<dyn History>);
-        let broker: Arc<dyn Broker> = match transport {
-            None => Arc::new(MemoryBroker::new(
-                hub.clone(),
-                memory_history.clone().expect("memory broker"),
-                rules.clone(),
-            )),
-            Some(t) => ClusterBroker::start(
-                t,
-                name.clone(),
-                hub.clone(),
-                metrics.clone(),
-                config.max_message_size,
-                shutdown.clone(),
-            ),
+        let (broker, history): (Arc<dyn Broker>, Option<Arc<dyn History>>) = match transport {
+            None => {
+                let h = memory_history.clone().expect("memory broker");
+                let broker = Arc::new(MemoryBroker::new(hub.clone(), h.clone(), rules.clone()));
+                (broker, Some(h))
+            }
+            Some(t) => {
+                let keeps_history = t.keeps_history();
+                let broker = ClusterBroker::start(
+                    t,
+                    name.clone(),
+                    hub.clone(),
+                    metrics.clone(),
+                    config.max_message_size,
+                    rules.clone(),
+                    shutdown.clone(),
+                );
+                let history = keeps_history.then(|| broker.clone() as Arc<dyn History>);
+                (broker, history)
+            }
         };
         let limits = Arc::new(config.limits());
         Arc::new(Self {

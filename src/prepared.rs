@@ -124,6 +124,12 @@ impl Prepared {
         }
     }
 
+    /// A copy of this message (its payload copied), to keep beyond the
+    /// fan-out that made it.
+    pub fn duplicate(&self) -> Self {
+        Self::copy_of(self.opcode, self.payload(), &self.compression)
+    }
+
     /// The payload, as every recipient's application will read it.
     pub fn payload(&self) -> &[u8] {
         &self.plain[usize::from(self.header)..]

@@ -441,28 +441,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             page.entries
                 .iter()
                 .map(|e| {
-                    let p = &e.publication;
-                    let message = match &p.payload {
-                        Payload::Json(data) => Prepared::text(
-                            protocol::message_json(
-                                Some(&name),
-                                Some(e.offset),
-                                p.from.as_ref(),
-                                p.user.as_deref(),
-                                data,
-                            ),
-                            c,
-                        ),
-                        Payload::Binary(data) => {
-                            Prepared::binary(protocol::message_binary(&name, Some(e.offset), data), c)
-                        }
-                    };
+                    let message = crate::broker::prepare(&self.node.hub, &e.publication, Some(e.offset));
                     (e.offset, message.frame(encoding))
                 })
                 .collect()
         } else {
             Vec::new()
         };
+        self.node
+            .hub
+            .note_position(&name, page.position.offset, &page.position.epoch);
         if !self
             .node
             .hub

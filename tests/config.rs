@@ -359,7 +359,7 @@ fn group_rules_load_print_and_are_checked() {
         ),
         ("[[groups]]\nprefix = \"a\"\nhistory = 1\n", "history"),
         (
-            "history_size = 10\nbroker = \"redis://127.0.0.1:1\"\n",
+            "history_size = 10\nbroker = \"nats://127.0.0.1:1\"\n",
             "history_size",
         ),
         ("history_memory = 10\n", "history_memory"),

@@ -7,6 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::brokers::{BrokerProcess, Kind};
 use common::*;
 use futures_util::SinkExt;
 use roomcast::groups::GroupRule;
@@ -19,6 +20,10 @@ macro_rules! every {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() { super::$name(super::Backend::Memory).await })*
         }
+        mod redis {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::Backend::Redis).await })*
+        }
     };
 }
 
@@ -30,14 +35,31 @@ every!(
     binary_joins_recover_too,
 );
 
+/// Bodies about broker outages: cluster brokers only.
+macro_rules! clustered {
+    ($($name:ident),* $(,)?) => {
+        mod redis_outage {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::Backend::Redis).await })*
+        }
+    };
+}
+
+clustered!(
+    a_hung_broker_is_caught_up_from_history_without_a_gap,
+    a_broker_that_lost_its_history_gives_a_gap_then_a_new_epoch,
+);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Backend {
     Memory,
+    Redis,
 }
 
 /// Nodes sharing one broker (one node for the memory broker).
 struct Cluster {
     nodes: Vec<TestServer>,
+    broker: Option<BrokerProcess>,
 }
 
 impl Cluster {
@@ -60,15 +82,51 @@ async fn cluster(backend: Backend, nodes: usize, size: usize) -> Cluster {
     let config = roomcast::config::Config {
         groups: rules(size),
         message_rate: 0,
+        // Room for everything a member may miss between two rounds of the
+        // stress test (a recovery larger than the queue is refused).
+        queue_messages: 16 * 1024,
+        queue_bytes: 16 << 20,
         ..config()
     };
-    let nodes = match backend {
+    let kind = match backend {
         Backend::Memory => {
             let _ = nodes;
-            vec![start(config).await]
+            return Cluster {
+                nodes: vec![start(config).await],
+                broker: None,
+            };
         }
+        Backend::Redis => Kind::Redis,
     };
-    Cluster { nodes }
+    let broker = BrokerProcess::start(kind);
+    let mut servers = Vec::new();
+    for i in 0..nodes {
+        let server = start(roomcast::config::Config {
+            broker: broker.url(),
+            node_name: Some(format!("n{i}")),
+            ..config.clone()
+        })
+        .await;
+        wait_ready(&server).await;
+        servers.push(server);
+    }
+    Cluster {
+        nodes: servers,
+        broker: Some(broker),
+    }
+}
+
+/// Wait until `/readyz` says ready (the broker is up).
+async fn wait_ready(server: &TestServer) {
+    let deadline = Instant::now() + STEP;
+    loop {
+        let (status, body) = api_get(server.addr, "/readyz").await;
+        if status == 200 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "readyz still {status}: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Join `group` (with `recover` when given) and return the ack.
@@ -225,10 +283,11 @@ async fn rejoining_under_full_speed_publishing_never_duplicates_nor_skips(backen
         assert!(Instant::now() < deadline, "stuck at {last:?}");
         let (mut member, _) = connect(c.node(1 + rounds)).await;
         let ack = join(&mut member, group, last.as_ref().map(|(o, e)| (*o, e.as_str()))).await;
+        let missed = ack["offset"].as_u64().unwrap() - last.as_ref().map_or(0, |l| l.0);
         let epoch = ack["epoch"].as_str().unwrap().to_owned();
         let mut at = match &last {
             Some((offset, e)) => {
-                assert_eq!(ack["recovered"], true, "round {rounds}: {ack}");
+                assert_eq!(ack["recovered"], true, "round {rounds}, {missed} missed: {ack}");
                 assert_eq!(e, &epoch);
                 *offset
             }
@@ -454,4 +513,157 @@ async fn joined(ws: &mut Ws) -> (u8, u64, String) {
     let epoch = String::from_utf8(b[14..14 + len].to_vec()).unwrap();
     assert_eq!(&b[14 + len..], b"chat:b");
     (b[4], offset, epoch)
+}
+
+/// Publish `group` messages numbered from 0 as fast as acks come back
+/// (pipelined, 32 in flight) until `stop`; returns the numbers acked.
+fn publish_until(
+    mut ws: Ws,
+    group: &'static str,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<Vec<u64>> {
+    tokio::spawn(async move {
+        let mut acked = Vec::new();
+        let mut next = 0u64;
+        let mut in_flight = 0;
+        loop {
+            while in_flight < 32 && !*stop.borrow() {
+                let m = json!({"type":"publish","group":group,"data":{"n":next},"id":next});
+                ws.send(Message::text(m.to_string())).await.unwrap();
+                next += 1;
+                in_flight += 1;
+            }
+            if in_flight == 0 {
+                return acked;
+            }
+            let r = recv_json(&mut ws).await;
+            in_flight -= 1;
+            match r["type"].as_str() {
+                Some("ack") => acked.push(r["id"].as_u64().unwrap()),
+                Some("error") => {
+                    assert_eq!(r["code"], "broker_unavailable", "{r}");
+                    // Refused while the broker is down: pace the retries.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                _ => panic!("unexpected {r}"),
+            }
+        }
+    })
+}
+
+/// Read `member`'s messages in `group` until `until` says stop; check
+/// offsets: consecutive within an epoch, a `gap` allowed only when `gaps`.
+/// Returns the numbers received and the gaps seen.
+async fn read_checked(
+    member: &mut Ws,
+    mut at: u64,
+    gaps: bool,
+    until: impl Fn(&[u64]) -> bool,
+) -> (Vec<u64>, usize) {
+    let mut got = Vec::new();
+    let mut seen_gaps = 0;
+    let mut after_gap = false;
+    while !until(&got) {
+        let m = recv_json(member).await;
+        match m["type"].as_str() {
+            Some("gap") => {
+                assert!(gaps, "unexpected gap after {at}: {m}");
+                seen_gaps += 1;
+                after_gap = true;
+            }
+            Some("message") => {
+                let offset = m["offset"].as_u64().unwrap();
+                if after_gap {
+                    // Whatever comes after a gap is consecutive again.
+                    after_gap = false;
+                } else {
+                    assert_eq!(
+                        offset,
+                        at + 1,
+                        "a duplicate or a gap without `gap` after {at}: {m}"
+                    );
+                }
+                at = offset;
+                got.push(m["data"]["n"].as_u64().unwrap());
+            }
+            _ => panic!("unexpected {m}"),
+        }
+    }
+    (got, seen_gaps)
+}
+
+/// The broker hangs (SIGSTOP) long enough for both nodes to drop their
+/// connections, then resumes with its data: the member's node catches up
+/// from history, so the member gets every publication the broker accepted,
+/// in order, with no `gap`.
+async fn a_hung_broker_is_caught_up_from_history_without_a_gap(backend: Backend) {
+    let c = cluster(backend, 2, 100_000).await;
+    let (publisher, _) = connect(c.node(0)).await;
+    let (mut member, _) = connect(c.node(1)).await;
+    let ack = join(&mut member, "chat:outage", None).await;
+    let start = ack["offset"].as_u64().unwrap();
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let publishing = publish_until(publisher, "chat:outage", stop);
+    let (before, _) = read_checked(&mut member, start, false, |got| got.len() >= 200).await;
+    let broker = c.broker.as_ref().unwrap();
+    broker.pause(true);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    broker.pause(false);
+    wait_ready(c.node(0)).await;
+    wait_ready(c.node(1)).await;
+    // Traffic after the outage, then stop.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop_tx.send(true).unwrap();
+    let acked = publishing.await.unwrap();
+    let last = *acked.iter().max().unwrap();
+    let at = start + before.len() as u64;
+    let (after, _) = read_checked(&mut member, at, false, |got| got.last() == Some(&last)).await;
+    let got: std::collections::HashSet<u64> = before.iter().chain(&after).copied().collect();
+    let missing: Vec<u64> = acked.iter().filter(|n| !got.contains(n)).copied().collect();
+    assert!(missing.is_empty(), "acked but not delivered: {missing:?}");
+    let metrics = http_get(c.node(1).addr, "/metrics", &[]).await.1;
+    assert!(metrics.contains("roomcast_gaps_recovered_total 1"), "{metrics}");
+    assert!(metrics.contains("roomcast_gaps_total 0"), "{metrics}");
+}
+
+/// The broker dies and comes back empty: the group's history (and epoch)
+/// is gone, so the member gets a `gap`, then publications of the new
+/// epoch; a recovery from the old epoch fails.
+async fn a_broker_that_lost_its_history_gives_a_gap_then_a_new_epoch(backend: Backend) {
+    let mut c = cluster(backend, 2, 1000).await;
+    let (mut publisher, _) = connect(c.node(0)).await;
+    let (mut member, _) = connect(c.node(1)).await;
+    let ack = join(&mut member, "chat:lost", None).await;
+    let epoch = ack["epoch"].as_str().unwrap().to_owned();
+    publish_acked(&mut publisher, "chat:lost", 1, 3).await;
+    read_checked(&mut member, 0, false, |got| got.len() == 3).await;
+    let broker = c.broker.as_mut().unwrap();
+    broker.kill();
+    broker.restart();
+    wait_ready(c.node(0)).await;
+    wait_ready(c.node(1)).await;
+    let g = recv_json(&mut member).await;
+    assert_eq!(g, json!({"type":"gap","group":"chat:lost"}));
+    // Node 0 may still be reconnecting its publisher side: retry.
+    let deadline = Instant::now() + STEP;
+    loop {
+        let r = request(
+            &mut publisher,
+            json!({"type":"publish","group":"chat:lost","data":{"n":9},"id":9}),
+        )
+        .await;
+        if r["type"] == "ack" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{r}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (offset, data) = next_message(&mut member).await;
+    assert_eq!((offset, data["n"].as_u64()), (1, Some(9)), "offsets start again");
+    let (mut late, _) = connect(c.node(1)).await;
+    let ack = join(&mut late, "chat:lost", Some((3, &epoch))).await;
+    assert_eq!(ack["recovered"], false, "{ack}");
+    assert_ne!(ack["epoch"].as_str(), Some(epoch.as_str()));
+    let metrics = http_get(c.node(1).addr, "/metrics", &[]).await.1;
+    assert!(metrics.contains("roomcast_gaps_total 1"), "{metrics}");
 }

@@ -38,6 +38,8 @@ use tracing::{info, warn};
 use super::wire::{self, Envelope};
 use super::{BoxFuture, Broker, BrokerError, Pending, Publication, Status, Target, deliver_local};
 use crate::disconnect::{ApiClose, Disconnect};
+use crate::groups::{Features, GroupRules};
+use crate::history::{self, Entry, History, HistoryError, Page, Position};
 use crate::hub::Hub;
 use crate::id::ClientId;
 use crate::metrics::Metrics;
@@ -79,6 +81,33 @@ pub enum Channel {
     All,
 }
 
+/// One message for the broker: its channel and envelope, and for a group
+/// that keeps history, how (the broker appends it and numbers it in the
+/// same atomic step as it publishes it).
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// Where it goes.
+    pub channel: Channel,
+    /// The envelope ([`wire`]).
+    pub body: Bytes,
+    /// Keep it in the group's history, so.
+    pub keep: Option<Features>,
+}
+
+/// What a broker keeps of a group's history, as read: raw envelopes.
+#[derive(Debug, Clone, Default)]
+pub struct RawPage {
+    /// The history's epoch.
+    pub epoch: String,
+    /// Latest offset.
+    pub top: u64,
+    /// Offset of the oldest publication kept (`top + 1` when none is).
+    pub first: u64,
+    /// Publications read: offset and envelope, oldest first; one more than
+    /// asked for when more follow.
+    pub entries: Vec<(u64, Bytes)>,
+}
+
 /// Per message of a batch: how many subscribers the broker handed it to,
 /// where it tells (`Ok(None)` where it does not), or why the broker refused
 /// that one message; `Err` as a whole when the connection failed.
@@ -91,6 +120,11 @@ pub type OnMessage = Arc<dyn Fn(Bytes) + Send + Sync>;
 pub trait Transport: Send + Sync + 'static {
     /// `redis` or `nats`.
     fn kind(&self) -> &'static str;
+
+    /// Whether its links keep history ([`Link::history`]).
+    fn keeps_history(&self) -> bool {
+        false
+    }
 
     /// Open a connection. Messages on its subscriptions go to `on_message`,
     /// in the order the broker sent them; when the connection is lost the
@@ -105,7 +139,23 @@ pub trait Transport: Send + Sync + 'static {
 /// One open connection to a broker.
 pub trait Link: Send + Sync + 'static {
     /// Send `batch` in order (see [`Answers`]).
-    fn publish<'a>(&'a self, batch: &'a [(Channel, Bytes)]) -> BoxFuture<'a, Answers>;
+    fn publish<'a>(&'a self, batch: &'a [Message]) -> BoxFuture<'a, Answers>;
+
+    /// Read `group`'s history kept as `keep` says: up to `limit` + 1
+    /// publications after `since` (or the latest `limit`), with the
+    /// position; a history that does not exist yet is created in epoch
+    /// `epoch`.
+    fn history<'a>(
+        &'a self,
+        group: &'a str,
+        since: Option<u64>,
+        limit: usize,
+        keep: Features,
+        epoch: &'a str,
+    ) -> BoxFuture<'a, Result<RawPage, String>> {
+        let _ = (group, since, limit, keep, epoch);
+        Box::pin(async { Err("this broker keeps no history".to_string()) })
+    }
 
     /// Subscribe to `channels`; completes when the broker confirmed.
     fn subscribe(&self, channels: Vec<Channel>) -> BoxFuture<'_, Result<(), String>>;
@@ -123,6 +173,7 @@ type Reply = oneshot::Sender<Result<(), BrokerError>>;
 struct Outgoing {
     channel: Channel,
     body: Bytes,
+    keep: Option<Features>,
     /// For a direct message: its target (a broker that counts receivers can
     /// tell that no node holds it).
     conn: Option<ClientId>,
@@ -170,6 +221,10 @@ struct Shared {
     subscribed: Mutex<HashSet<Arc<str>>>,
     /// Largest envelope taken from the broker.
     max_envelope: usize,
+    /// Which groups keep history.
+    rules: Arc<GroupRules>,
+    /// The connection while there is one (history is read through it).
+    link: Mutex<Option<Arc<dyn Link>>>,
 }
 
 /// A broker shared by several nodes through a [`Transport`].
@@ -197,6 +252,7 @@ impl ClusterBroker {
         hub: Arc<Hub>,
         metrics: Arc<Metrics>,
         max_message: usize,
+        rules: Arc<GroupRules>,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
         let (queue, queue_rx) = mpsc::channel(QUEUE);
@@ -214,6 +270,8 @@ impl ClusterBroker {
             commands,
             subscribed: Mutex::new(HashSet::new()),
             max_envelope: max_message.saturating_add(64 * 1024),
+            rules,
+            link: Mutex::new(None),
         });
         let supervisor = Supervisor {
             shared: shared.clone(),
@@ -231,7 +289,7 @@ impl ClusterBroker {
     }
 
     /// Queue `body` for `channel`.
-    fn send(&self, channel: Channel, body: Bytes, conn: Option<ClientId>) -> Pending {
+    fn send(&self, channel: Channel, body: Bytes, conn: Option<ClientId>, keep: Option<Features>) -> Pending {
         let refuse = |e| {
             self.shared.metrics.record_broker_publish_failures(1);
             Pending::Ready(Err(e))
@@ -252,6 +310,7 @@ impl ClusterBroker {
         let outgoing = Outgoing {
             channel,
             body,
+            keep,
             conn,
             reply,
             _budget: Budget {
@@ -276,8 +335,12 @@ impl ClusterBroker {
 
 impl Broker for ClusterBroker {
     fn publish(&self, publication: Publication) -> Pending {
+        let mut keep = None;
         let (channel, conn) = match &publication.target {
-            Target::Group(g) => (Channel::Group(g.clone()), None),
+            Target::Group(g) => {
+                keep = Some(self.shared.rules.features(g)).filter(Features::history);
+                (Channel::Group(g.clone()), None)
+            }
             Target::All => (Channel::All, None),
             Target::Conn(id) if self.is_local(id) => {
                 // This node holds it: no need for a round trip.
@@ -289,7 +352,7 @@ impl Broker for ClusterBroker {
                 None => return Pending::Ready(Err(BrokerError::UnknownConnection(id.clone()))),
             },
         };
-        self.send(channel, wire::encode_publication(&publication), conn)
+        self.send(channel, wire::encode_publication(&publication), conn, keep)
     }
 
     fn disconnect(&self, conn: ClientId, close: ApiClose) -> Pending {
@@ -301,7 +364,7 @@ impl Broker for ClusterBroker {
             return Pending::Ready(Err(BrokerError::UnknownConnection(conn)));
         };
         let body = wire::encode_disconnect(conn.conn, &close);
-        self.send(Channel::Node(node), body, Some(conn))
+        self.send(Channel::Node(node), body, Some(conn), None)
     }
 
     fn subscribe(&self, group: &Arc<str>) -> Pending {
@@ -344,18 +407,78 @@ impl Broker for ClusterBroker {
     }
 }
 
+impl History for ClusterBroker {
+    fn read(
+        &self,
+        group: &Arc<str>,
+        since: Option<u64>,
+        limit: usize,
+    ) -> history::BoxFuture<'static, Result<Page, HistoryError>> {
+        let shared = self.shared.clone();
+        let group = group.clone();
+        Box::pin(async move { shared.read_history(&group, since, limit).await })
+    }
+}
+
 impl Shared {
+    /// Read `group`'s history through the current connection.
+    async fn read_history(
+        &self,
+        group: &Arc<str>,
+        since: Option<u64>,
+        limit: usize,
+    ) -> Result<Page, HistoryError> {
+        let link = lock(&self.link)
+            .clone()
+            .filter(|_| self.up.load(Ordering::Acquire))
+            .ok_or_else(|| HistoryError::Unavailable(self.unavailable().to_string()))?;
+        let keep = self.rules.features(group);
+        let epoch = history::new_epoch();
+        let raw = within(link.history(group, since, limit, keep, &epoch))
+            .await
+            .map_err(|e| HistoryError::Unavailable(format!("{} broker: {e}", self.kind)))?;
+        let more = raw.entries.len() > limit;
+        let mut entries = Vec::with_capacity(raw.entries.len().min(limit));
+        for (offset, body) in raw.entries.into_iter().take(limit) {
+            match wire::decode(&body, Some(&self.node)) {
+                Some(Envelope::Publication(publication)) => entries.push(Entry { offset, publication }),
+                _ => {
+                    return Err(HistoryError::Unavailable(format!(
+                        "the {} broker's history of '{group}' holds something that is not a publication at offset {offset}",
+                        self.kind
+                    )));
+                }
+            }
+        }
+        let complete = match since {
+            Some(n) => n <= raw.top && n.saturating_add(1) >= raw.first,
+            None => true,
+        };
+        Ok(Page {
+            entries,
+            position: Position {
+                offset: raw.top,
+                epoch: raw.epoch.into(),
+            },
+            complete,
+            more,
+        })
+    }
+
     /// A message from the broker: deliver it to this node's members.
     fn receive(&self, message: Bytes) {
-        let envelope = (message.len() <= self.max_envelope)
-            .then(|| wire::decode(&message, Some(&self.node)))
+        // A publication to a group with history comes with its offset:
+        // `H<offset>:` before the envelope.
+        let (offset, body) = split_offset(&message);
+        let envelope = (body.len() <= self.max_envelope)
+            .then(|| wire::decode(&body, Some(&self.node)))
             .flatten();
         self.metrics.record_broker_received(envelope.is_some());
         match envelope {
             Some(Envelope::Publication(p)) => {
                 // An unknown connection here is a send to one that has
                 // gone: nothing to deliver, nobody waiting to be told.
-                let _ = deliver_local(&self.hub, &p, Some(&self.node), None);
+                let _ = deliver_local(&self.hub, &p, Some(&self.node), offset);
             }
             Some(Envelope::Disconnect(conn, close)) => {
                 if let Some(outbox) = self.hub.connection(conn) {
@@ -457,19 +580,28 @@ impl Supervisor {
                     continue;
                 }
             };
+            *lock(&self.shared.link) = Some(link.clone());
             self.shared.set_up();
             if connected_before {
                 self.shared.metrics.record_broker_reconnect();
                 let mut told = 0;
+                let mut history = Vec::new();
                 for group in self.shared.hub.group_names() {
-                    told += self.shared.hub.gap(&group);
+                    if self.shared.rules.features(&group).history() {
+                        history.push(group);
+                    } else {
+                        told += self.shared.hub.gap(&group);
+                    }
                 }
                 self.shared.metrics.record_gaps(told);
                 info!(
                     broker = kind,
                     gaps = told,
-                    "broker connection back: groups resubscribed, members told of the gap"
+                    catching_up = history.len(),
+                    "broker connection back: groups resubscribed, members told of the gap \
+                     (groups with history catch up from it)"
                 );
+                tokio::spawn(catch_up(self.shared.clone(), history));
             } else {
                 info!(broker = kind, node = %self.shared.node, "connected to the broker");
             }
@@ -488,7 +620,12 @@ impl Supervisor {
                 }
             };
             lost.cancel();
+            *lock(&self.shared.link) = None;
             drop(link);
+            // From now until the catch-up after the reconnection, what
+            // arrives for groups with history waits behind what was missed.
+            let rules = self.shared.rules.clone();
+            self.shared.hub.hold(|g| rules.features(g).history());
             self.shared
                 .set_down(why.unwrap_or_else(|| "connection lost".into()));
             if !self.wait_down(backoff(0)).await {
@@ -537,6 +674,65 @@ impl Supervisor {
     }
 }
 
+/// Split `H<offset>:` off a message from the broker (a publication to a
+/// group with history); other messages have no offset.
+pub fn split_offset(message: &Bytes) -> (Option<u64>, Bytes) {
+    if message.first() != Some(&b'H') {
+        return (None, message.clone());
+    }
+    let Some(colon) = message.iter().take(22).position(|&b| b == b':') else {
+        return (None, message.clone());
+    };
+    let offset = std::str::from_utf8(&message[1..colon])
+        .ok()
+        .and_then(|d| d.parse::<u64>().ok());
+    match offset {
+        Some(o) => (Some(o), message.slice(colon + 1..)),
+        None => (None, message.clone()),
+    }
+}
+
+/// After a reconnection: read what each group with history missed here,
+/// since the last offset this node delivered, and deliver it before what
+/// arrived since; a group whose missed publications are no longer all kept
+/// (or cannot be read) gets a `gap` instead.
+async fn catch_up(shared: Arc<Shared>, groups: Vec<Arc<str>>) {
+    let (mut recovered, mut gaps) = (0, 0);
+    for group in groups {
+        let keep = shared.rules.features(&group);
+        let missed = match shared.hub.position(&group) {
+            Some((last, epoch)) => match shared.read_history(&group, Some(last), keep.history_size).await {
+                Ok(page) if page.recovers(last, &epoch) => Some(
+                    page.entries
+                        .iter()
+                        .map(|e| {
+                            (
+                                e.offset,
+                                super::prepare(&shared.hub, &e.publication, Some(e.offset)),
+                            )
+                        })
+                        .collect(),
+                ),
+                Ok(_) => None,
+                Err(e) => {
+                    warn!(broker = shared.kind, group = %group, error = %e, "cannot read history to catch up; members get a gap");
+                    None
+                }
+            },
+            None => None,
+        };
+        let (r, g) = shared.hub.catch_up(&group, missed);
+        recovered += r;
+        gaps += g;
+    }
+    shared.metrics.record_gaps(gaps);
+    shared.metrics.record_gaps_recovered(recovered);
+    info!(
+        broker = shared.kind,
+        recovered, gaps, "caught up groups with history after the broker came back"
+    );
+}
+
 /// Wait for `f` at most [`PING_TIMEOUT`].
 async fn within<T>(f: impl Future<Output = Result<T, String>>) -> Result<T, String> {
     timeout(PING_TIMEOUT, f)
@@ -553,14 +749,18 @@ async fn publish_loop(
     lost: &CancellationToken,
 ) -> Option<String> {
     let mut batch: Vec<Outgoing> = Vec::with_capacity(BATCH);
-    let mut wire: Vec<(Channel, Bytes)> = Vec::with_capacity(BATCH);
+    let mut wire: Vec<Message> = Vec::with_capacity(BATCH);
     loop {
         tokio::select! {
             biased;
             () = lost.cancelled() => return None,
             n = queue.recv_many(&mut batch, BATCH) => if n == 0 { return None },
         }
-        wire.extend(batch.iter().map(|o| (o.channel.clone(), o.body.clone())));
+        wire.extend(batch.iter().map(|o| Message {
+            channel: o.channel.clone(),
+            body: o.body.clone(),
+            keep: o.keep,
+        }));
         let result = within(link.publish(&wire)).await;
         wire.clear();
         match result {
@@ -717,7 +917,7 @@ mod tests {
     }
 
     impl Link for Silent {
-        fn publish<'a>(&'a self, _: &'a [(Channel, Bytes)]) -> BoxFuture<'a, Answers> {
+        fn publish<'a>(&'a self, _: &'a [Message]) -> BoxFuture<'a, Answers> {
             Box::pin(std::future::pending())
         }
 
@@ -761,6 +961,7 @@ mod tests {
             hub,
             metrics,
             1 << 20,
+            Arc::new(GroupRules::none()),
             stop.clone(),
         );
         while !broker.status().up {
@@ -805,5 +1006,15 @@ mod tests {
             assert!(b >= full / 2 && b <= full, "{attempt}: {b:?}");
         }
         assert!(backoff(30) <= BACKOFF_MAX);
+    }
+
+    #[test]
+    fn offsets_are_split_off_history_publications() {
+        let m = Bytes::from_static(b"H42:R\x01rest");
+        assert_eq!(split_offset(&m), (Some(42), Bytes::from_static(b"R\x01rest")));
+        for plain in [&b"R\x01x"[..], b"H:R", b"Hx:R", b"H123", b""] {
+            let m = Bytes::copy_from_slice(plain);
+            assert_eq!(split_offset(&m), (None, m.clone()), "{plain:?}");
+        }
     }
 }

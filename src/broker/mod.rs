@@ -119,20 +119,7 @@ pub fn deliver_local(
     offset: Option<u64>,
 ) -> Result<Fanout, BrokerError> {
     let is_local = |id: &ClientId| id.node.as_deref() == node;
-    let group = match &p.target {
-        Target::Group(g) => Some(&**g),
-        _ => None,
-    };
-    let c = hub.compression();
-    let message = match &p.payload {
-        Payload::Json(data) => Prepared::text(
-            protocol::message_json(group, offset, p.from.as_ref(), p.user.as_deref(), data),
-            c,
-        ),
-        Payload::Binary(data) => {
-            Prepared::binary(protocol::message_binary(group.unwrap_or(""), offset, data), c)
-        }
-    };
+    let message = prepare(hub, p, offset);
     match &p.target {
         Target::Group(g) => {
             let publisher = p.from.as_ref().filter(|f| is_local(f)).map(|f| f.conn);
@@ -143,6 +130,25 @@ pub fn deliver_local(
             .flatten()
             .ok_or_else(|| BrokerError::UnknownConnection(id.clone())),
         Target::All => Ok(hub.broadcast(&message)),
+    }
+}
+
+/// The message recipients of `p` get (with its `offset` in its group's
+/// history, when the group keeps one), prepared once for all of them.
+pub fn prepare(hub: &Hub, p: &Publication, offset: Option<u64>) -> Prepared {
+    let group = match &p.target {
+        Target::Group(g) => Some(&**g),
+        _ => None,
+    };
+    let c = hub.compression();
+    match &p.payload {
+        Payload::Json(data) => Prepared::text(
+            protocol::message_json(group, offset, p.from.as_ref(), p.user.as_deref(), data),
+            c,
+        ),
+        Payload::Binary(data) => {
+            Prepared::binary(protocol::message_binary(group.unwrap_or(""), offset, data), c)
+        }
     }
 }
 

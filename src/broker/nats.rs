@@ -33,7 +33,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::BoxFuture;
-use super::cluster::{Answers, CONNECT_TIMEOUT, Channel, Link, OnMessage, Transport};
+use super::cluster::{Answers, CONNECT_TIMEOUT, Channel, Link, Message, OnMessage, Transport};
 
 /// Connects to a NATS server or cluster.
 pub struct NatsTransport {
@@ -280,11 +280,11 @@ impl NatsLink {
 }
 
 impl Link for NatsLink {
-    fn publish<'a>(&'a self, batch: &'a [(Channel, Bytes)]) -> BoxFuture<'a, Answers> {
+    fn publish<'a>(&'a self, batch: &'a [Message]) -> BoxFuture<'a, Answers> {
         Box::pin(async move {
             let max = self.client.server_info().max_payload;
             let mut answers = Vec::with_capacity(batch.len());
-            for (channel, body) in batch {
+            for Message { channel, body, .. } in batch {
                 if max > 0 && body.len() > max {
                     answers.push(Err(format!(
                         "{} bytes are more than the NATS server's max_payload ({max})",
