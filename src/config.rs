@@ -697,14 +697,6 @@ impl Config {
                 );
             }
         }
-        if self.broker_spec().is_ok_and(|b| matches!(b, BrokerSpec::Nats(_)))
-            && self.group_rules().any_history()
-        {
-            return err(
-                "history_size",
-                "history needs the memory or the Redis broker for now (NATS history is being built)",
-            );
-        }
         if self.history_memory < 1024 * 1024 {
             return err("history_memory", "must be at least 1048576 bytes");
         }

@@ -99,6 +99,17 @@ impl GroupRules {
             .map_or(self.default, |(_, f)| *f)
     }
 
+    /// Every distinct way of keeping history among the rules.
+    pub fn history_features(&self) -> Vec<Features> {
+        let mut all: Vec<Features> = Vec::new();
+        for f in self.rules.iter().map(|(_, f)| *f).chain([self.default]) {
+            if f.history() && !all.contains(&f) {
+                all.push(f);
+            }
+        }
+        all
+    }
+
     /// Whether any group can have history.
     pub fn any_history(&self) -> bool {
         self.default.history() || self.rules.iter().any(|(_, f)| f.history())

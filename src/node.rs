@@ -114,7 +114,7 @@ impl Node {
                 RedisTransport::new(url).unwrap_or_else(|e| panic!("{e}: validate the config first")),
             )),
             BrokerSpec::Nats(url) => Some(Box::new(
-                NatsTransport::new(url, name.clone())
+                NatsTransport::new(url, name.clone(), Arc::new(config.group_rules()))
                     .unwrap_or_else(|e| panic!("{e}: validate the config first")),
             )),
         };

@@ -358,10 +358,6 @@ fn group_rules_load_print_and_are_checked() {
             "groups.history_ttl",
         ),
         ("[[groups]]\nprefix = \"a\"\nhistory = 1\n", "history"),
-        (
-            "history_size = 10\nbroker = \"nats://127.0.0.1:1\"\n",
-            "history_size",
-        ),
         ("history_memory = 10\n", "history_memory"),
     ] {
         let path = write_file("bad-groups.toml", file);

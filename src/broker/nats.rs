@@ -15,6 +15,19 @@
 //! the link publishes a probe on a subject of its own and waits for it to
 //! come back, which proves the server has processed everything before it.
 //!
+//! History (groups whose rule keeps it) lives in JetStream: one stream per
+//! distinct `history_size`/`history_ttl` pair, `ROOMCAST_H_<key>` with
+//! subjects `roomcast.h.<key>.<base64url name>`, `max_msgs_per_subject` the
+//! size and `max_age` the TTL. A publication to such a group is a JetStream
+//! publish, acknowledged once stored; the stream *republishes* each stored
+//! message to `roomcast.r.<key>.<base64url name>` with its stream sequence
+//! in a header, in sequence order, and nodes subscribe to that subject
+//! (plain core NATS) for the group's live traffic. So offsets (the stream
+//! sequence: increasing per group, not consecutive, since groups share a
+//! stream), order of delivery and history agree, as with Redis's script.
+//! The epoch is the stream's creation time: a stream deleted and created
+//! again starts a new one. History reads use direct gets (`allow_direct`).
+//!
 //! async-nats reconnects by itself; roomcast does that in its own loop
 //! instead (it must know, to resubscribe and send gaps), so any
 //! disconnection, and a slow-consumer event (the client dropped
@@ -24,6 +37,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use async_nats::jetstream::{self, stream};
 use async_nats::{Client, ConnectOptions, Event, ServerAddr, Subscriber};
 use base64::Engine as _;
 use bytes::Bytes;
@@ -33,13 +47,15 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::BoxFuture;
-use super::cluster::{Answers, CONNECT_TIMEOUT, Channel, Link, Message, OnMessage, Transport};
+use super::cluster::{Answers, CONNECT_TIMEOUT, Channel, Link, Message, OnMessage, RawPage, Transport};
+use crate::groups::{Features, GroupRules};
 
 /// Connects to a NATS server or cluster.
 pub struct NatsTransport {
     servers: Vec<ServerAddr>,
     credentials: Credentials,
     node: Arc<str>,
+    rules: Arc<GroupRules>,
 }
 
 #[derive(Clone)]
@@ -53,7 +69,7 @@ impl NatsTransport {
     /// A transport for `url`: `nats://[user:password@|token@]host:port`,
     /// or several such URLs separated by commas (one NATS cluster; the
     /// credentials of the first that has some apply).
-    pub fn new(url: &str, node: Arc<str>) -> Result<Self, String> {
+    pub fn new(url: &str, node: Arc<str>, rules: Arc<GroupRules>) -> Result<Self, String> {
         let mut servers = Vec::new();
         let mut credentials = Credentials::None;
         for part in url.split(',').map(str::trim) {
@@ -87,6 +103,7 @@ impl NatsTransport {
             servers,
             credentials,
             node,
+            rules,
         })
     }
 }
@@ -108,21 +125,69 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// The subject of `c`.
-pub fn subject(c: &Channel) -> String {
+/// A group name as one subject token.
+fn token(group: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(group.as_bytes())
+}
+
+/// The subject of `c`: for a group with history, where its stream
+/// republishes what it stored.
+pub fn subject(c: &Channel, rules: &GroupRules) -> String {
     match c {
-        Channel::Group(g) => format!(
-            "roomcast.g.{}",
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(g.as_bytes())
-        ),
+        Channel::Group(g) => {
+            let f = rules.features(g);
+            if f.history() {
+                format!("roomcast.r.{}.{}", stream_key(&f), token(g))
+            } else {
+                format!("roomcast.g.{}", token(g))
+            }
+        }
         Channel::Node(n) => format!("roomcast.node.{n}"),
         Channel::All => "roomcast.all".into(),
+    }
+}
+
+/// Names a history stream by how it keeps: the same on every node, and
+/// different for a different size or TTL (FNV-1a, 8 hex digits).
+pub fn stream_key(f: &Features) -> String {
+    let text = format!("{}/{}", f.history_size, f.history_ttl.as_millis());
+    let mut h: u32 = 0x811c_9dc5;
+    for b in text.bytes() {
+        h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+    }
+    format!("{h:08x}")
+}
+
+/// The subject a publication to `group` (kept as `f`) is stored under.
+fn history_subject(group: &str, f: &Features) -> String {
+    format!("roomcast.h.{}.{}", stream_key(f), token(group))
+}
+
+/// The JetStream stream for groups kept as `f`.
+fn stream_config(f: &Features) -> stream::Config {
+    let key = stream_key(f);
+    stream::Config {
+        name: format!("ROOMCAST_H_{key}"),
+        subjects: vec![format!("roomcast.h.{key}.>")],
+        max_messages_per_subject: i64::try_from(f.history_size).unwrap_or(i64::MAX),
+        max_age: f.history_ttl,
+        allow_direct: true,
+        republish: Some(stream::Republish {
+            source: format!("roomcast.h.{key}.>"),
+            destination: format!("roomcast.r.{key}.>"),
+            headers_only: false,
+        }),
+        ..Default::default()
     }
 }
 
 impl Transport for NatsTransport {
     fn kind(&self) -> &'static str {
         "nats"
+    }
+
+    fn keeps_history(&self) -> bool {
+        true
     }
 
     fn connect(
@@ -161,11 +226,28 @@ impl Transport for NatsTransport {
                 .subscribe(probe_subject.clone())
                 .await
                 .map_err(|e| e.to_string())?;
+            // History streams, created (or brought to these settings).
+            let js = jetstream::new(client.clone());
+            let mut streams = HashMap::new();
+            for f in self.rules.history_features() {
+                let config = stream_config(&f);
+                js.create_or_update_stream(config.clone()).await.map_err(|e| {
+                    format!(
+                        "cannot create JetStream stream {} for history (is JetStream enabled: nats-server -js?): {e}",
+                        config.name
+                    )
+                })?;
+                let stream = js.get_stream(&config.name).await.map_err(|e| e.to_string())?;
+                streams.insert(stream_key(&f), stream);
+            }
             let (control, control_rx) = mpsc::unbounded_channel();
             let probes = Arc::new(Probes::default());
             tokio::spawn(read(probe, control_rx, on_message, probes.clone(), lost.clone()));
             let link = NatsLink {
                 client,
+                js,
+                streams,
+                rules: self.rules.clone(),
                 control,
                 probe_subject,
                 probes,
@@ -235,7 +317,7 @@ async fn read(
                 }
                 None => break,
             },
-            Some(m) = streams.next(), if !streams.is_empty() => on_message(m.payload),
+            Some(m) = streams.next(), if !streams.is_empty() => on_message(with_offset(m)),
             m = probe.next() => match m {
                 Some(m) => {
                     if let Some(seq) = std::str::from_utf8(&m.payload).ok().and_then(|s| s.parse().ok()) {
@@ -249,8 +331,31 @@ async fn read(
     lost.cancel();
 }
 
+/// A message as the cluster broker takes it: one republished by a history
+/// stream carries its sequence (the offset) in a header, which goes in front
+/// as `H<offset>:` (see [`super::cluster::split_offset`]).
+fn with_offset(m: async_nats::Message) -> Bytes {
+    let seq = m
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("Nats-Sequence"))
+        .and_then(|v| v.as_str().parse::<u64>().ok());
+    match seq {
+        Some(seq) => {
+            let mut out = format!("H{seq}:").into_bytes();
+            out.extend_from_slice(&m.payload);
+            Bytes::from(out)
+        }
+        None => m.payload,
+    }
+}
+
 struct NatsLink {
     client: Client,
+    js: jetstream::Context,
+    /// History streams by [`stream_key`].
+    streams: HashMap<String, stream::Stream>,
+    rules: Arc<GroupRules>,
     control: mpsc::UnboundedSender<Control>,
     probe_subject: String,
     probes: Arc<Probes>,
@@ -284,7 +389,10 @@ impl Link for NatsLink {
         Box::pin(async move {
             let max = self.client.server_info().max_payload;
             let mut answers = Vec::with_capacity(batch.len());
-            for Message { channel, body, .. } in batch {
+            // Stored publications: acknowledged by JetStream, awaited
+            // after the whole batch went out.
+            let mut acks = Vec::new();
+            for (i, Message { channel, body, keep }) in batch.iter().enumerate() {
                 if max > 0 && body.len() > max {
                     answers.push(Err(format!(
                         "{} bytes are more than the NATS server's max_payload ({max})",
@@ -292,11 +400,28 @@ impl Link for NatsLink {
                     )));
                     continue;
                 }
-                self.client
-                    .publish(subject(channel), body.clone())
-                    .await
-                    .map_err(|e| e.to_string())?;
+                match (keep, channel) {
+                    (Some(f), Channel::Group(g)) => {
+                        let ack = self
+                            .js
+                            .publish(history_subject(g, f), body.clone())
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        acks.push((i, ack));
+                    }
+                    _ => {
+                        self.client
+                            .publish(subject(channel, &self.rules), body.clone())
+                            .await
+                            .map_err(|e| e.to_string())?;
+                    }
+                }
                 answers.push(Ok(None));
+            }
+            for (i, ack) in acks {
+                if let Err(e) = ack.await {
+                    answers[i] = Err(format!("JetStream did not store it: {e}"));
+                }
             }
             self.sync().await?;
             Ok(answers)
@@ -308,7 +433,7 @@ impl Link for NatsLink {
             for channel in channels {
                 let subscriber = self
                     .client
-                    .subscribe(subject(&channel))
+                    .subscribe(subject(&channel, &self.rules))
                     .await
                     .map_err(|e| e.to_string())?;
                 self.control
@@ -334,6 +459,119 @@ impl Link for NatsLink {
     fn ping(&self) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(self.sync())
     }
+
+    fn history<'a>(
+        &'a self,
+        group: &'a str,
+        since: Option<u64>,
+        limit: usize,
+        keep: Features,
+        _epoch: &'a str,
+    ) -> BoxFuture<'a, Result<RawPage, String>> {
+        Box::pin(async move {
+            let stream = self
+                .streams
+                .get(&stream_key(&keep))
+                .ok_or_else(|| format!("no history stream for group '{group}'"))?;
+            read_history(stream, &history_subject(group, &keep), since, limit, &keep).await
+        })
+    }
+}
+
+/// Whether a direct get found nothing (as opposed to failing).
+fn not_found(e: &jetstream::stream::DirectGetError) -> bool {
+    matches!(e.kind(), jetstream::stream::DirectGetErrorKind::NotFound)
+}
+
+/// Read one group's history from its stream (see [`Link::history`]).
+///
+/// Offsets are stream sequences, so whether everything after `since` is
+/// still kept is decided from what the stream keeps: trimming (by age
+/// across the stream, by count within a subject) always takes the oldest
+/// first, so the history after `since` is complete when nothing of the
+/// group came after it, when a publication of the group at or before it is
+/// still kept, or when the stream dropped nothing after it and the group is
+/// below its size limit.
+async fn read_history(
+    stream: &stream::Stream,
+    subject: &str,
+    since: Option<u64>,
+    limit: usize,
+    keep: &Features,
+) -> Result<RawPage, String> {
+    let mut stream = stream.clone();
+    let info = stream.info().await.map_err(|e| e.to_string())?.clone();
+    let epoch = format!("{:x}", info.created.unix_timestamp_nanos());
+    let last = match stream.direct_get_last_for_subject(subject).await {
+        Ok(m) => Some(m.sequence),
+        Err(e) if not_found(&e) => None,
+        Err(e) => return Err(e.to_string()),
+    };
+    let first = match stream.direct_get_first_for_subject(subject).await {
+        Ok(m) => Some(m.sequence),
+        Err(e) if not_found(&e) => None,
+        Err(e) => return Err(e.to_string()),
+    };
+    // A group with nothing kept stands where the stream does: whatever it
+    // gets next has a higher sequence.
+    let top = last.unwrap_or(info.state.last_sequence);
+    let mut page = RawPage {
+        epoch,
+        top,
+        first: u64::MAX,
+        entries: Vec::new(),
+    };
+    if let Some(since) = since {
+        let untrimmed = info.state.first_sequence <= since.saturating_add(1);
+        let complete = match (last, first) {
+            (None, _) => untrimmed,
+            (Some(l), _) if l <= since => true,
+            (_, Some(f)) if f <= since => true,
+            _ => {
+                untrimmed && {
+                    let mut counts = stream
+                        .info_with_subjects(subject)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let mut n = 0;
+                    while let Some(c) = counts.next().await {
+                        n += c.map_err(|e| e.to_string())?.1;
+                    }
+                    n < keep.history_size
+                }
+            }
+        };
+        if complete {
+            page.first = 0;
+        }
+    }
+    if limit == 0 || first.is_none() {
+        return Ok(page);
+    }
+    // The latest `limit`: walk from the first kept, keeping the tail.
+    let (mut at, want) = match since {
+        Some(s) => (s.saturating_add(1), limit + 1),
+        None => (first.unwrap_or(0), usize::MAX),
+    };
+    let mut entries = std::collections::VecDeque::new();
+    while entries.len() < want {
+        match stream.direct_get_next_for_subject(subject, Some(at)).await {
+            // Only up to the position read above: what comes later is live
+            // traffic (and would keep a read of a busy group chasing it).
+            Ok(m) if m.sequence > top => break,
+            Ok(m) => {
+                at = m.sequence + 1;
+                entries.push_back((m.sequence, m.payload));
+                if since.is_none() && entries.len() > limit {
+                    entries.pop_front();
+                }
+            }
+            Err(e) if not_found(&e) => break,
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    page.entries = entries.into();
+    Ok(page)
 }
 
 impl Drop for NatsLink {

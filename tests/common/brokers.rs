@@ -128,7 +128,10 @@ impl BrokerProcess {
                 "--protected-mode",
                 "no",
             ]),
-            Kind::Nats => cmd.args(["-a", "127.0.0.1", "-p", &port]),
+            // JetStream (history), storing in a directory of this broker's.
+            Kind::Nats => cmd
+                .args(["-a", "127.0.0.1", "-p", &port, "-js", "-sd"])
+                .arg(self.store_dir()),
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -167,6 +170,19 @@ impl BrokerProcess {
         }
     }
 
+    /// Where a NATS server keeps its JetStream data.
+    fn store_dir(&self) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("roomcast-test-nats-{}-{}", std::process::id(), self.port))
+    }
+
+    /// Kill it and start it again without any data (Redis runs without
+    /// persistence anyway; NATS loses its JetStream store).
+    pub fn restart_empty(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(self.store_dir());
+        self.restart();
+    }
+
     /// SIGKILL it.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -193,5 +209,6 @@ impl Drop for BrokerProcess {
             let _ = Command::new("kill").args(["-CONT", &c.id().to_string()]).status();
         }
         self.kill();
+        let _ = std::fs::remove_dir_all(self.store_dir());
     }
 }
