@@ -28,6 +28,7 @@ pub mod fanout;
 pub mod floor;
 pub mod histogram;
 pub mod process;
+pub mod recover;
 pub mod shootout;
 pub mod subscribers;
 pub mod sweep;
@@ -150,6 +151,9 @@ pub enum Scenario {
     /// The fan-out pattern over loopback TCP with no server: an ideal
     /// writer and reader in this process, the floor this machine allows.
     Floor(floor::FloorArgs),
+    /// Clients of a group with history lose their node (SIGKILL) and
+    /// recover on another: time until all have caught up, server CPU.
+    Recover(recover::RecoverArgs),
 }
 
 /// Run `roomcast bench`; prints the report.
@@ -186,6 +190,7 @@ async fn run_one(ctx: &Ctx, scenario: &Scenario) -> anyhow::Result<Report> {
         Scenario::Fanout(a) => fanout::run(ctx, a).await?,
         Scenario::Echo(a) => echo::run(ctx, a).await?,
         Scenario::Shootout(a) => shootout::run(ctx, a).await?,
+        Scenario::Recover(a) => recover::run(ctx, a).await?,
         Scenario::Sweep(_) => bail!("a sweep cannot contain a sweep"),
         Scenario::Floor(_) => bail!("the floor scenario runs on its own, without a server"),
     };

@@ -24,7 +24,7 @@
 //! capped backoff, resubscribes every group that has local members, and
 //! sends each of their members a `gap`: they may have missed publications.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -225,6 +225,8 @@ struct Shared {
     rules: Arc<GroupRules>,
     /// The connection while there is one (history is read through it).
     link: Mutex<Option<Arc<dyn Link>>>,
+    /// History readers by group, batched.
+    reads: Mutex<HashMap<Arc<str>, Reads>>,
 }
 
 /// A broker shared by several nodes through a [`Transport`].
@@ -272,6 +274,7 @@ impl ClusterBroker {
             max_envelope: max_message.saturating_add(64 * 1024),
             rules,
             link: Mutex::new(None),
+            reads: Mutex::default(),
         });
         let supervisor = Supervisor {
             shared: shared.clone(),
@@ -407,6 +410,67 @@ impl Broker for ClusterBroker {
     }
 }
 
+/// Readers of one group's history: while a read is running, new readers
+/// wait for the next one, which starts after they all asked (so after
+/// their subscriptions were in place), and serves them all with one read
+/// from the lowest offset asked. A crowd of clients recovering the same
+/// group at once (a node restarted) costs a few reads, not one each.
+#[derive(Default)]
+struct Reads {
+    running: bool,
+    next: Vec<Reader>,
+}
+
+/// One waiting reader.
+struct Reader {
+    since: Option<u64>,
+    limit: usize,
+    reply: oneshot::Sender<Result<Page, HistoryError>>,
+}
+
+/// One read, decoded, to be cut into each reader's page.
+struct Decoded {
+    /// Entries after the lowest offset asked, oldest first.
+    entries: Vec<Entry>,
+    /// More followed them.
+    cut: bool,
+    top: u64,
+    /// Everything after offset `n` is kept when `n + 1 >= first`.
+    first: u64,
+    epoch: Arc<str>,
+}
+
+impl Decoded {
+    /// The page of a reader that asked for `limit` after `since`.
+    fn page(&self, since: Option<u64>, limit: usize) -> Page {
+        let after: Vec<Entry> = match since {
+            Some(n) => self
+                .entries
+                .iter()
+                .filter(|e| e.offset > n)
+                .take(limit + 1)
+                .cloned()
+                .collect(),
+            None => {
+                let skip = self.entries.len().saturating_sub(limit);
+                self.entries[skip..].to_vec()
+            }
+        };
+        let more = after.len() > limit || (since.is_some() && self.cut);
+        let mut entries = after;
+        entries.truncate(limit);
+        Page {
+            entries,
+            position: Position {
+                offset: self.top,
+                epoch: self.epoch.clone(),
+            },
+            complete: since.is_none_or(|n| n <= self.top && n.saturating_add(1) >= self.first),
+            more,
+        }
+    }
+}
+
 impl History for ClusterBroker {
     fn read(
         &self,
@@ -421,13 +485,79 @@ impl History for ClusterBroker {
 }
 
 impl Shared {
-    /// Read `group`'s history through the current connection.
+    /// Read `group`'s history: one read of a batch (see [`Reads`]).
     async fn read_history(
-        &self,
+        self: &Arc<Self>,
         group: &Arc<str>,
         since: Option<u64>,
         limit: usize,
     ) -> Result<Page, HistoryError> {
+        let (reply, rx) = oneshot::channel();
+        let start = {
+            let mut reads = lock(&self.reads);
+            let waiting = reads.entry(group.clone()).or_default();
+            waiting.next.push(Reader { since, limit, reply });
+            !std::mem::replace(&mut waiting.running, true)
+        };
+        if start {
+            tokio::spawn(self.clone().run_reads(group.clone()));
+        }
+        rx.await
+            .unwrap_or_else(|_| Err(HistoryError::Unavailable("the history read was dropped".into())))
+    }
+
+    /// Serve the readers of `group` batch after batch, until none waits.
+    async fn run_reads(self: Arc<Self>, group: Arc<str>) {
+        loop {
+            let batch = {
+                let mut reads = lock(&self.reads);
+                let Some(waiting) = reads.get_mut(&group) else {
+                    return;
+                };
+                if waiting.next.is_empty() {
+                    reads.remove(&group);
+                    return;
+                }
+                std::mem::take(&mut waiting.next)
+            };
+            // Reads of the latest entries are rare (history requests
+            // without `since`): each its own.
+            let (latest, after): (Vec<Reader>, Vec<Reader>) =
+                batch.into_iter().partition(|r| r.since.is_none());
+            for r in latest {
+                let page = self
+                    .read_once(&group, None, r.limit)
+                    .await
+                    .map(|raw| raw.page(None, r.limit));
+                let _ = r.reply.send(page);
+            }
+            if after.is_empty() {
+                continue;
+            }
+            let since = after.iter().filter_map(|r| r.since).min();
+            let limit = after.iter().map(|r| r.limit).max().unwrap_or(0);
+            match self.read_once(&group, since, limit).await {
+                Ok(raw) => {
+                    for r in after {
+                        let _ = r.reply.send(Ok(raw.page(r.since, r.limit)));
+                    }
+                }
+                Err(e) => {
+                    for r in after {
+                        let _ = r.reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// One read through the current connection, decoded.
+    async fn read_once(
+        &self,
+        group: &Arc<str>,
+        since: Option<u64>,
+        limit: usize,
+    ) -> Result<Decoded, HistoryError> {
         let link = lock(&self.link)
             .clone()
             .filter(|_| self.up.load(Ordering::Acquire))
@@ -437,7 +567,7 @@ impl Shared {
         let raw = within(link.history(group, since, limit, keep, &epoch))
             .await
             .map_err(|e| HistoryError::Unavailable(format!("{} broker: {e}", self.kind)))?;
-        let more = raw.entries.len() > limit;
+        let cut = raw.entries.len() > limit;
         let mut entries = Vec::with_capacity(raw.entries.len().min(limit));
         for (offset, body) in raw.entries.into_iter().take(limit) {
             match wire::decode(&body, Some(&self.node)) {
@@ -450,18 +580,12 @@ impl Shared {
                 }
             }
         }
-        let complete = match since {
-            Some(n) => n <= raw.top && n.saturating_add(1) >= raw.first,
-            None => true,
-        };
-        Ok(Page {
+        Ok(Decoded {
             entries,
-            position: Position {
-                offset: raw.top,
-                epoch: raw.epoch.into(),
-            },
-            complete,
-            more,
+            cut,
+            top: raw.top,
+            first: raw.first,
+            epoch: raw.epoch.into(),
         })
     }
 

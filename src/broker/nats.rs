@@ -485,13 +485,14 @@ fn not_found(e: &jetstream::stream::DirectGetError) -> bool {
 
 /// Read one group's history from its stream (see [`Link::history`]).
 ///
-/// Offsets are stream sequences, so whether everything after `since` is
+/// Offsets are stream sequences, so whether everything after an offset is
 /// still kept is decided from what the stream keeps: trimming (by age
 /// across the stream, by count within a subject) always takes the oldest
-/// first, so the history after `since` is complete when nothing of the
-/// group came after it, when a publication of the group at or before it is
-/// still kept, or when the stream dropped nothing after it and the group is
-/// below its size limit.
+/// first, so the history after `n` is complete when nothing of the group
+/// came after it, when a publication of the group at or before it is still
+/// kept, or when the stream dropped nothing after it and the group is below
+/// its size limit. That holds for every offset from some threshold on,
+/// returned as [`RawPage::first`].
 async fn read_history(
     stream: &stream::Stream,
     subject: &str,
@@ -515,36 +516,34 @@ async fn read_history(
     // A group with nothing kept stands where the stream does: whatever it
     // gets next has a higher sequence.
     let top = last.unwrap_or(info.state.last_sequence);
+    // Everything after offset n is kept when n reaches the lowest of: the
+    // group's last offset (nothing came after), its first kept offset (the
+    // rest after it is kept too), and, when the group is under its size
+    // limit, where the stream's trimming stopped.
+    let trimmed_to = info.state.first_sequence.saturating_sub(1);
+    let mut threshold = match (last, first) {
+        (None, _) => trimmed_to,
+        (Some(l), f) => l.min(f.unwrap_or(u64::MAX)),
+    };
+    if trimmed_to < threshold {
+        let mut counts = stream
+            .info_with_subjects(subject)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut n = 0;
+        while let Some(c) = counts.next().await {
+            n += c.map_err(|e| e.to_string())?.1;
+        }
+        if n < keep.history_size {
+            threshold = trimmed_to;
+        }
+    }
     let mut page = RawPage {
         epoch,
         top,
-        first: u64::MAX,
+        first: threshold.saturating_add(1),
         entries: Vec::new(),
     };
-    if let Some(since) = since {
-        let untrimmed = info.state.first_sequence <= since.saturating_add(1);
-        let complete = match (last, first) {
-            (None, _) => untrimmed,
-            (Some(l), _) if l <= since => true,
-            (_, Some(f)) if f <= since => true,
-            _ => {
-                untrimmed && {
-                    let mut counts = stream
-                        .info_with_subjects(subject)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    let mut n = 0;
-                    while let Some(c) = counts.next().await {
-                        n += c.map_err(|e| e.to_string())?.1;
-                    }
-                    n < keep.history_size
-                }
-            }
-        };
-        if complete {
-            page.first = 0;
-        }
-    }
     if limit == 0 || first.is_none() {
         return Ok(page);
     }
