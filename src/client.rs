@@ -48,7 +48,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use futures_util::stream::{SplitStream, Stream, StreamExt};
-use futures_util::{Sink, SinkExt};
+use futures_util::{FutureExt, Sink, SinkExt};
 use serde_json::Value;
 use serde_json::value::RawValue;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
@@ -148,6 +148,9 @@ Reconnecting (--reconnect):
   Lines sent but not yet acknowledged when the connection was lost are
   not sent again, since they may have been published: each is reported on
   stderr as possibly not published and counts as not published (exit 1).
+  A connection over which nothing comes for --keepalive (30s; the server's
+  own pings count), not even the answer to a Ping sent then, is taken as
+  lost after --keepalive more: a network can drop a connection silently.
   Ctrl-C ends the client at any time, waiting or not.
 
 Exit status:
@@ -211,6 +214,13 @@ pub struct ClientArgs {
     /// keep history (see "Reconnecting" below).
     #[arg(long)]
     pub reconnect: bool,
+
+    /// With --reconnect: when nothing has come from the server for DUR,
+    /// send it a WebSocket Ping; when nothing comes for DUR more, the
+    /// connection is taken as lost (a network can drop a connection
+    /// without either end hearing of it). 0s turns this off.
+    #[arg(long, value_name = "DUR", default_value = "30s", value_parser = parse_duration, requires = "reconnect")]
+    pub keepalive: Duration,
 }
 
 impl ClientArgs {
@@ -226,6 +236,7 @@ impl ClientArgs {
             no_compression: false,
             ca_cert: None,
             reconnect: false,
+            keepalive: Duration::from_secs(30),
         }
     }
 }
@@ -449,6 +460,10 @@ struct Link {
     /// When it was established (a connection that stayed up resets the
     /// backoff).
     since: Instant,
+    /// When the server was last heard from (`--keepalive`).
+    heard: Instant,
+    /// Whether a Ping went out since then.
+    pinged: bool,
 }
 
 impl Link {
@@ -465,11 +480,14 @@ impl Link {
                 }
             }
         }));
+        let now = Instant::now();
         Self {
             stream,
             tx,
             writer,
-            since: Instant::now(),
+            since: now,
+            heard: now,
+            pinged: false,
         }
     }
 
@@ -503,6 +521,14 @@ type Retry = Pin<Box<dyn Future<Output = Result<Connected, ClientError>> + Send>
 async fn next_frame(link: &mut Option<Link>) -> Option<Result<Frame, WebSocketError>> {
     match link {
         Some(link) => link.stream.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// When `at` comes; never, for `None`.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
 }
@@ -752,6 +778,8 @@ enum Flow {
 enum Event {
     Stdin(std::io::Result<usize>),
     Socket(Option<Result<Frame, WebSocketError>>),
+    /// Nothing came from the server for `--keepalive`.
+    Quiet,
     /// Boxed: a socket is large, and this is the rare event.
     Attempt(Box<Result<Connected, ClientError>>),
 }
@@ -800,10 +828,12 @@ impl<O: AsyncWrite + Unpin, E: AsyncWrite + Unpin> Client<O, E> {
                 return self.close().await;
             }
             let reads_stdin = stdin_open && self.reads_stdin();
+            let quiet_at = self.quiet_at();
             let event = tokio::select! {
                 r = stdin.read_until(b'\n', &mut line), if reads_stdin => Event::Stdin(r),
                 m = next_frame(&mut self.link) => Event::Socket(m),
                 r = next_attempt(&mut self.retry) => Event::Attempt(Box::new(r)),
+                () = sleep_until(quiet_at) => Event::Quiet,
             };
             let flow = match event {
                 Event::Stdin(r) => {
@@ -817,13 +847,8 @@ impl<O: AsyncWrite + Unpin, E: AsyncWrite + Unpin> Client<O, E> {
                     }
                     Flow::Continue
                 }
-                Event::Socket(m) => match self.received(m).await {
-                    Err(e) if self.args.reconnect && reconnect::retries(&e) => {
-                        self.lost(e).await;
-                        Flow::Continue
-                    }
-                    other => other?,
-                },
+                Event::Socket(m) => self.socket(m).await?,
+                Event::Quiet => self.quiet().await?,
                 Event::Attempt(r) => {
                     self.retry = None;
                     self.attempted(*r).await?
@@ -833,6 +858,56 @@ impl<O: AsyncWrite + Unpin, E: AsyncWrite + Unpin> Client<O, E> {
                 return self.close().await;
             }
         }
+    }
+
+    /// When the silence of the server becomes news (`--keepalive`, only
+    /// with `--reconnect`): a Ping is due, or the answer to it is overdue.
+    fn quiet_at(&self) -> Option<Instant> {
+        let keepalive = self.args.keepalive;
+        let link = self
+            .link
+            .as_ref()
+            .filter(|_| self.args.reconnect && !keepalive.is_zero())?;
+        Some(link.heard + if link.pinged { keepalive * 2 } else { keepalive })
+    }
+
+    /// The server was heard from: handle what the socket produced. An end
+    /// that `--reconnect` retries starts the reconnect; other errors end
+    /// the session.
+    async fn socket(&mut self, m: Option<Result<Frame, WebSocketError>>) -> Result<Flow, ClientError> {
+        if let Some(link) = &mut self.link {
+            link.heard = Instant::now();
+            link.pinged = false;
+        }
+        match self.received(m).await {
+            Err(e) if self.args.reconnect && reconnect::retries(&e) => {
+                self.lost(e).await;
+                Ok(Flow::Continue)
+            }
+            other => other,
+        }
+    }
+
+    /// Nothing came from the server for `--keepalive`: ping it, or, when
+    /// that Ping is unanswered too, take the connection as lost.
+    async fn quiet(&mut self) -> Result<Flow, ClientError> {
+        let Some(link) = &mut self.link else {
+            return Ok(Flow::Continue);
+        };
+        // A frame that waited while we were busy (a slow stdout) is no
+        // silence.
+        if let Some(m) = link.stream.next().now_or_never() {
+            return self.socket(m).await;
+        }
+        if !link.pinged {
+            link.pinged = true;
+            link.send(Frame::ping(&b""[..]));
+            return Ok(Flow::Continue);
+        }
+        let silence = humantime::format_duration(self.args.keepalive * 2);
+        let why = format!("nothing from the server for {silence}, not even the answer to a ping");
+        self.lost(ClientError::Lost(why)).await;
+        Ok(Flow::Continue)
     }
 
     /// Whether to read stdin now. Not while joins are unanswered: lines
@@ -997,8 +1072,8 @@ impl<O: AsyncWrite + Unpin, E: AsyncWrite + Unpin> Client<O, E> {
         {
             self.backoff.reset();
         }
-        self.unconfirmed().await;
         self.schedule(&why.to_string()).await;
+        self.unconfirmed().await;
     }
 
     /// Report the publications the lost connection had not acknowledged.
@@ -1318,6 +1393,14 @@ mod tests {
         assert!(Cli::try_parse_from(["client", "ws://h:1/ws", "--count", "0"]).is_err());
         let cli = Cli::try_parse_from(["client", "ws://h:1/ws", "--reconnect"]).unwrap();
         assert!(cli.args.reconnect);
+        assert_eq!(cli.args.keepalive, Duration::from_secs(30));
+        let cli =
+            Cli::try_parse_from(["client", "ws://h:1/ws", "--reconnect", "--keepalive", "500ms"]).unwrap();
+        assert_eq!(cli.args.keepalive, Duration::from_millis(500));
+        assert!(
+            Cli::try_parse_from(["client", "ws://h:1/ws", "--keepalive", "5s"]).is_err(),
+            "--keepalive needs --reconnect"
+        );
     }
 
     #[test]

@@ -678,12 +678,36 @@ async fn member_of(server: &TestServer, group: &str, not: Option<&str>) -> Strin
 /// A TCP proxy in front of a server, so that a test can fail the network
 /// under a client: [`Proxy::cut`] drops every connection through it (the
 /// client sees its socket end, with no Close frame) and refuses new ones
-/// (accepted and dropped at once) until [`Proxy::resume`].
+/// (accepted and dropped at once) until [`Proxy::resume`];
+/// [`Proxy::freeze`] makes the connections through it silent black holes,
+/// both ways, without closing them.
 struct Proxy {
     addr: std::net::SocketAddr,
     refusing: Arc<AtomicBool>,
-    conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    conns: Arc<Mutex<Vec<Piped>>>,
     task: JoinHandle<()>,
+}
+
+/// One connection through the proxy: its two directions, and whether they
+/// still carry anything.
+struct Piped {
+    directions: [JoinHandle<()>; 2],
+    frozen: Arc<AtomicBool>,
+}
+
+/// Copy `from` to `to`, or (frozen) read and drop, until either end ends.
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    frozen: Arc<AtomicBool>,
+) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0; 16 * 1024];
+    while let Ok(n @ 1..) = from.read(&mut buf).await {
+        if !frozen.load(Ordering::SeqCst) && to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
 }
 
 impl Proxy {
@@ -695,16 +719,22 @@ impl Proxy {
         let task = tokio::spawn({
             let (refusing, conns) = (refusing.clone(), conns.clone());
             async move {
-                while let Ok((mut down, _)) = listener.accept().await {
+                while let Ok((down, _)) = listener.accept().await {
                     if refusing.load(Ordering::SeqCst) {
                         continue;
                     }
-                    let Ok(mut up) = tokio::net::TcpStream::connect(upstream).await else {
+                    let Ok(up) = tokio::net::TcpStream::connect(upstream).await else {
                         continue;
                     };
-                    conns.lock().unwrap().push(tokio::spawn(async move {
-                        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
-                    }));
+                    let frozen = Arc::new(AtomicBool::new(false));
+                    let ((down_read, down_write), (up_read, up_write)) = (down.into_split(), up.into_split());
+                    conns.lock().unwrap().push(Piped {
+                        directions: [
+                            tokio::spawn(pipe(down_read, up_write, frozen.clone())),
+                            tokio::spawn(pipe(up_read, down_write, frozen.clone())),
+                        ],
+                        frozen,
+                    });
                 }
             }
         });
@@ -723,12 +753,22 @@ impl Proxy {
     fn cut(&self) {
         self.refusing.store(true, Ordering::SeqCst);
         for c in self.conns.lock().unwrap().drain(..) {
-            c.abort();
+            for d in c.directions {
+                d.abort();
+            }
         }
     }
 
     fn resume(&self) {
         self.refusing.store(false, Ordering::SeqCst);
+    }
+
+    /// The connections through the proxy now carry nothing more, either
+    /// way, and stay open; new ones work.
+    fn freeze(&self) {
+        for c in self.conns.lock().unwrap().iter() {
+            c.frozen.store(true, Ordering::SeqCst);
+        }
     }
 }
 
@@ -954,5 +994,48 @@ async fn without_reconnect_a_lost_connection_exits_3() {
     assert_eq!(e.exit_code(), 3, "{e}");
     assert!(e.to_string().starts_with("connection lost: "), "{e}");
     assert!(!stderr.contains("reconnecting"), "{stderr}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_connection_gone_silent_is_replaced_and_what_it_swallowed_recovered() {
+    let server = start(history_config()).await;
+    let proxy = Proxy::start(server.addr).await;
+    let mut client = spawn_client(args(&[
+        &proxy.url(),
+        "--join",
+        "chat:1",
+        "--reconnect",
+        "--keepalive",
+        "300ms",
+    ]));
+    member_of(&server, "chat:1", None).await;
+    publish(&server, "chat:1", json!(1)).await;
+    assert_eq!(client.line().await["offset"], 1);
+    // The network stops carrying anything, and closes nothing: the
+    // publications sent meanwhile are lost on the way.
+    proxy.freeze();
+    publish(&server, "chat:1", json!(2)).await;
+    publish(&server, "chat:1", json!(3)).await;
+    // A line typed now goes into the void: it is reported, not resent
+    // (the client cannot know whether the server got it).
+    client.write_stdin("into the void\n").await;
+    client
+        .stderr_line("connection lost: nothing from the server for 600ms, not even the answer to a ping")
+        .await;
+    assert_eq!(
+        client.stderr_line("stdin line 1").await,
+        "roomcast client: stdin line 1 may not have been published: the connection was lost before the \
+         server acknowledged it (not sent again)"
+    );
+    for i in 2..=3 {
+        assert_eq!(
+            client.line().await,
+            json!({"type":"message","group":"chat:1","offset":i,"data":i})
+        );
+    }
+    let (stderr, rest) = client.stop().await;
+    assert!(rest.is_empty(), "{rest:?}");
+    assert!(stderr.contains("reconnected (attempt 1)"), "{stderr}");
     server.stop().await;
 }
