@@ -121,7 +121,8 @@ End of input:
   When stdin ends, the client first waits for the server's replies to
   everything it sent. Then, if it is in a group or --count is given, it
   keeps printing messages until --count is reached or the server closes
-  the connection (stop it with Ctrl-C). Otherwise there is nothing left to
+  the connection (with --reconnect: until --count, or an end that is not
+  retried; stop it with Ctrl-C). Otherwise there is nothing left to
   wait for: it closes the connection (code 1000) and exits 0.
   To publish and exit: `echo hi | roomcast client URL --join lobby --count 1`
   (waits for the echo of your own message).
@@ -148,9 +149,10 @@ Reconnecting (--reconnect):
   Lines sent but not yet acknowledged when the connection was lost are
   not sent again, since they may have been published: each is reported on
   stderr as possibly not published and counts as not published (exit 1).
-  A connection over which nothing comes for --keepalive (30s; the server's
-  own pings count), not even the answer to a Ping sent then, is taken as
-  lost after --keepalive more: a network can drop a connection silently.
+  A silent connection is lost too: when nothing comes for --keepalive
+  (30s; the server's own pings count) the client sends a Ping, and when
+  nothing comes for --keepalive more it reconnects (a network can drop a
+  connection without telling either end).
   Ctrl-C ends the client at any time, waiting or not.
 
 Exit status:
