@@ -29,11 +29,12 @@
 //! while the window is full.
 //!
 //! With `--reconnect` a connection that is lost is replaced: the main loop
-//! then also waits for the next attempt ([`reconnect`] says which ends are
-//! retried and how long to wait), stdin lines are held until the groups
-//! are joined again, and each group that keeps history is rejoined with
-//! `recover` from where the client was ([`positions`]), so that what was
-//! published meanwhile is printed, once and in order, or reported as lost.
+//! then also waits for the next attempt (`client/reconnect.rs` says which
+//! ends are retried and how long to wait), stdin lines are held until the
+//! groups are joined again, and each group that keeps history is rejoined
+//! with `recover` from where the client was (`client/positions.rs`), so
+//! that what was published meanwhile is printed, once and in order, or
+//! reported as lost.
 
 mod positions;
 mod reconnect;
@@ -250,7 +251,8 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 /// How a client session ended normally (exit status 0).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientExit {
-    /// Our connection id, from the `welcome`.
+    /// Our connection id, from the `welcome` (the last one, after
+    /// reconnects).
     pub conn: String,
     /// Messages printed (the number `--count` compares with).
     pub messages: u64,
