@@ -2,11 +2,16 @@
 //! publishing stdin lines (JSON, plain text, binary), `--count`, `--json`,
 //! permessage-deflate (and `--no-compression`), `wss://` with `--ca-cert`,
 //! and the exit-status errors for an unreachable server, an untrusted
-//! certificate and a server that closes the connection.
+//! certificate and a server that closes the connection; `--reconnect`
+//! (recovery in a group with history, a restarted server, a group without
+//! history, lines typed while disconnected, a token refused on reconnect)
+//! through a TCP proxy that can fail the network under the client.
 
 mod common;
 
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Parser;
@@ -15,6 +20,7 @@ use roomcast::client::{ClientArgs, ClientError, ClientExit};
 use roomcast::config::Config;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, DuplexStream};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -31,33 +37,40 @@ fn args(argv: &[&str]) -> ClientArgs {
         .args
 }
 
-/// A client running in-process, with pipes for its stdin and stdout.
+/// A client running in-process, with pipes for its stdin, stdout and
+/// stderr.
 struct Running {
     stdin: Option<DuplexStream>,
     stdout: tokio::io::Lines<BufReader<DuplexStream>>,
-    stderr: JoinHandle<String>,
+    /// Its stderr, line by line, as written.
+    stderr: mpsc::UnboundedReceiver<String>,
+    /// The stderr lines read so far.
+    stderr_seen: Vec<String>,
     task: JoinHandle<Result<ClientExit, ClientError>>,
 }
 
 fn spawn_client(args: ClientArgs) -> Running {
     let (stdin, client_in) = tokio::io::duplex(64 * 1024);
     let (client_out, stdout) = tokio::io::duplex(64 * 1024);
-    let (client_err, mut err_read) = tokio::io::duplex(64 * 1024);
+    let (client_err, err_read) = tokio::io::duplex(64 * 1024);
     let task = tokio::spawn(roomcast::client::run(
         args,
         BufReader::new(client_in),
         client_out,
         client_err,
     ));
-    let stderr = tokio::spawn(async move {
-        let mut s = String::new();
-        let _ = tokio::io::AsyncReadExt::read_to_string(&mut err_read, &mut s).await;
-        s
+    let (err_tx, stderr) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(err_read).lines();
+        while let Ok(Some(l)) = lines.next_line().await {
+            let _ = err_tx.send(l);
+        }
     });
     Running {
         stdin: Some(stdin),
         stdout: BufReader::new(stdout).lines(),
         stderr,
+        stderr_seen: Vec::new(),
         task,
     }
 }
@@ -82,20 +95,57 @@ impl Running {
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON: {line:?}: {e}"))
     }
 
-    /// Wait for the client to finish; returns its result and its stderr.
-    async fn finish(self) -> (Result<ClientExit, ClientError>, String, Vec<String>) {
-        let result = tokio::time::timeout(STEP, self.task)
+    /// Wait for the next stderr line that contains `needle` (the lines
+    /// before it are kept for [`Running::finish`] and [`Running::stop`]).
+    async fn stderr_line(&mut self, needle: &str) -> String {
+        let deadline = tokio::time::Instant::now() + STEP;
+        loop {
+            let line = tokio::time::timeout_at(deadline, self.stderr.recv())
+                .await
+                .unwrap_or_else(|_| panic!("no stderr line with {needle:?} in time: {:?}", self.stderr_seen))
+                .unwrap_or_else(|| panic!("stderr ended without {needle:?}: {:?}", self.stderr_seen));
+            self.stderr_seen.push(line.clone());
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    }
+
+    /// All of stderr, once the client is gone.
+    async fn all_stderr(mut self) -> (String, tokio::io::Lines<BufReader<DuplexStream>>) {
+        while let Some(l) = self.stderr.recv().await {
+            self.stderr_seen.push(l);
+        }
+        (self.stderr_seen.join("\n"), self.stdout)
+    }
+
+    /// Wait for the client to finish; returns its result, its stderr and
+    /// the stdout lines not read yet.
+    async fn finish(mut self) -> (Result<ClientExit, ClientError>, String, Vec<String>) {
+        let result = tokio::time::timeout(STEP, &mut self.task)
             .await
             .expect("client finishes in time")
             .expect("client task");
-        let stderr = self.stderr.await.unwrap();
-        let mut rest = Vec::new();
-        let mut out = self.stdout;
-        while let Ok(Some(l)) = out.next_line().await {
-            rest.push(l);
-        }
-        (result, stderr, rest)
+        let (stderr, out) = self.all_stderr().await;
+        (result, stderr, rest(out).await)
     }
+
+    /// Stop a client that would run on (Ctrl-C); returns its stderr and
+    /// the stdout lines not read yet.
+    async fn stop(self) -> (String, Vec<String>) {
+        self.task.abort();
+        let (stderr, out) = self.all_stderr().await;
+        (stderr, rest(out).await)
+    }
+}
+
+/// The lines left on a client's stdout.
+async fn rest(mut out: tokio::io::Lines<BufReader<DuplexStream>>) -> Vec<String> {
+    let mut rest = Vec::new();
+    while let Ok(Some(l)) = out.next_line().await {
+        rest.push(l);
+    }
+    rest
 }
 
 /// Run the client to completion with a fixed stdin.
@@ -582,5 +632,410 @@ async fn wss_without_the_ca_exits_2_naming_the_certificate() {
     let e = result.expect_err("empty --ca-cert");
     assert_eq!(e.exit_code(), 1, "{e}");
     assert!(e.to_string().contains("--ca-cert /dev/null"), "{e}");
+    server.stop().await;
+}
+
+// ---- --reconnect ----
+
+/// `chat:` groups keep 100 publications for a minute; others none.
+fn history_config() -> Config {
+    Config {
+        groups: vec![roomcast::groups::GroupRule {
+            prefix: "chat:".into(),
+            history_size: 100,
+            history_ttl: Duration::from_secs(60),
+        }],
+        message_rate: 0,
+        ..config()
+    }
+}
+
+/// `POST /api/publish` of JSON `data` to `group`.
+async fn publish(server: &TestServer, group: &str, data: Value) {
+    let (status, body) = api_post(server.addr, "/api/publish", json!({"group":group,"data":data})).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+/// Wait until `group` has one member other than `not`; returns its id.
+async fn member_of(server: &TestServer, group: &str, not: Option<&str>) -> String {
+    let deadline = tokio::time::Instant::now() + STEP;
+    loop {
+        let (status, body) = api_get(server.addr, &format!("/api/groups/{group}")).await;
+        if status == 200
+            && let Some(id) = body["connections"][0].as_str()
+            && Some(id) != not
+        {
+            return id.to_owned();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no new member of {group}: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A TCP proxy in front of a server, so that a test can fail the network
+/// under a client: [`Proxy::cut`] drops every connection through it (the
+/// client sees its socket end, with no Close frame) and refuses new ones
+/// (accepted and dropped at once) until [`Proxy::resume`];
+/// [`Proxy::freeze`] makes the connections through it silent black holes,
+/// both ways, without closing them.
+struct Proxy {
+    addr: std::net::SocketAddr,
+    refusing: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<Piped>>>,
+    task: JoinHandle<()>,
+}
+
+/// One connection through the proxy: its two directions, and whether they
+/// still carry anything.
+struct Piped {
+    directions: [JoinHandle<()>; 2],
+    frozen: Arc<AtomicBool>,
+}
+
+/// Copy `from` to `to`, or (frozen) read and drop, until either end ends.
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    frozen: Arc<AtomicBool>,
+) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0; 16 * 1024];
+    while let Ok(n @ 1..) = from.read(&mut buf).await {
+        if !frozen.load(Ordering::SeqCst) && to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+impl Proxy {
+    async fn start(upstream: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let refusing = Arc::new(AtomicBool::new(false));
+        let conns = Arc::new(Mutex::new(Vec::new()));
+        let task = tokio::spawn({
+            let (refusing, conns) = (refusing.clone(), conns.clone());
+            async move {
+                while let Ok((down, _)) = listener.accept().await {
+                    if refusing.load(Ordering::SeqCst) {
+                        continue;
+                    }
+                    let Ok(up) = tokio::net::TcpStream::connect(upstream).await else {
+                        continue;
+                    };
+                    let frozen = Arc::new(AtomicBool::new(false));
+                    let ((down_read, down_write), (up_read, up_write)) = (down.into_split(), up.into_split());
+                    conns.lock().unwrap().push(Piped {
+                        directions: [
+                            tokio::spawn(pipe(down_read, up_write, frozen.clone())),
+                            tokio::spawn(pipe(up_read, down_write, frozen.clone())),
+                        ],
+                        frozen,
+                    });
+                }
+            }
+        });
+        Self {
+            addr,
+            refusing,
+            conns,
+            task,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    fn cut(&self) {
+        self.refusing.store(true, Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            for d in c.directions {
+                d.abort();
+            }
+        }
+    }
+
+    fn resume(&self) {
+        self.refusing.store(false, Ordering::SeqCst);
+    }
+
+    /// The connections through the proxy now carry nothing more, either
+    /// way, and stay open; new ones work.
+    fn freeze(&self) {
+        for c in self.conns.lock().unwrap().iter() {
+            c.frozen.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.task.abort();
+    }
+}
+
+#[tokio::test]
+async fn reconnect_recovers_what_was_published_meanwhile_exactly_once() {
+    let server = start(history_config()).await;
+    let proxy = Proxy::start(server.addr).await;
+    let url = proxy.url();
+    // 1 before, 20 JSON and 1 binary while away, 1 live.
+    let mut client = spawn_client(args(&[&url, "--join", "chat:1", "--reconnect", "--count", "23"]));
+    member_of(&server, "chat:1", None).await;
+    publish(&server, "chat:1", json!("before")).await;
+    assert_eq!(
+        client.line().await,
+        json!({"type":"message","group":"chat:1","offset":1,"data":"before"})
+    );
+
+    // The network fails, and stays down while the group goes on.
+    proxy.cut();
+    client.stderr_line("connection lost").await;
+    server
+        .wait_stats("the server saw the client go", |s| s.groups == 0)
+        .await;
+    for i in 1..=20 {
+        publish(&server, "chat:1", json!(i)).await;
+    }
+    let (status, body) = http(
+        server.addr,
+        "POST",
+        "/api/publish?group=chat%3A1",
+        &[("Content-Type", "application/octet-stream")],
+        b"bytes",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    proxy.resume();
+
+    // Everything missed, in order, once; then live traffic.
+    for i in 1..=20 {
+        assert_eq!(
+            client.line().await,
+            json!({"type":"message","group":"chat:1","offset":i + 1,"data":i})
+        );
+    }
+    assert_eq!(
+        client.line().await,
+        json!({"type":"message","group":"chat:1","offset":22,"binary":"Ynl0ZXM="}),
+        "a binary delivery with an offset (type 8)"
+    );
+    client.stderr_line("reconnected (attempt ").await;
+    publish(&server, "chat:1", json!("live")).await;
+    assert_eq!(
+        client.line().await,
+        json!({"type":"message","group":"chat:1","offset":23,"data":"live"})
+    );
+    let (result, stderr, rest) = client.finish().await;
+    let exit = result.unwrap_or_else(|e| panic!("{e}; stderr {stderr}"));
+    assert_eq!(exit.messages, 23, "the recovered messages count for --count");
+    assert!(rest.is_empty(), "nothing printed twice: {rest:?}");
+    assert!(
+        stderr.contains("; reconnecting in ") && stderr.contains("(attempt 1)"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("could not be recovered"), "{stderr}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_server_restart_is_reported_as_not_recovered_and_live_messages_go_on() {
+    let server = start(history_config()).await;
+    let addr = server.addr;
+    let mut client = spawn_client(args(&[&server.url("/ws"), "--join", "chat:1", "--reconnect"]));
+    member_of(&server, "chat:1", None).await;
+    for i in 1..=3 {
+        publish(&server, "chat:1", json!(i)).await;
+        assert_eq!(client.line().await["offset"], i);
+    }
+    // The memory broker's history goes with the server: a new epoch.
+    server.stop().await;
+    client
+        .stderr_line("the server closed the connection: 1001 (server shutting down); reconnecting in ")
+        .await;
+    let server = start(Config {
+        listen: addr,
+        ..history_config()
+    })
+    .await;
+    assert_eq!(
+        client.stderr_line("could not be recovered").await,
+        "roomcast client: group 'chat:1': publications could not be recovered after the reconnect \
+         (epoch changed: the server lost the group's history); reload state"
+    );
+    publish(&server, "chat:1", json!("live")).await;
+    assert_eq!(
+        client.line().await,
+        json!({"type":"message","group":"chat:1","offset":1,"data":"live"}),
+        "carries on from the new position"
+    );
+    let (stderr, rest) = client.stop().await;
+    assert!(rest.is_empty(), "{rest:?}");
+    assert_eq!(stderr.matches("could not be recovered").count(), 1, "{stderr}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_group_without_history_is_simply_rejoined() {
+    let server = start(config()).await;
+    let mut client = spawn_client(args(&[&server.url("/ws"), "--join", "lobby", "--reconnect"]));
+    let first = member_of(&server, "lobby", None).await;
+    publish(&server, "lobby", json!("before")).await;
+    assert_eq!(
+        client.line().await,
+        json!({"type":"message","group":"lobby","data":"before"})
+    );
+    let (status, body) = api_post(
+        server.addr,
+        "/api/disconnect",
+        json!({"conn": first, "code": 4000, "reason": "go away"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    client
+        .stderr_line("the server closed the connection: 4000 (go away); reconnecting in ")
+        .await;
+    let second = member_of(&server, "lobby", Some(&first)).await;
+    publish(&server, "lobby", json!("after")).await;
+    assert_eq!(
+        client.line().await,
+        json!({"type":"message","group":"lobby","data":"after"})
+    );
+    let (stderr, rest) = client.stop().await;
+    assert!(rest.is_empty(), "{rest:?}");
+    assert!(
+        stderr.contains(&format!("reconnected (attempt 1) as connection {second}")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("could not be recovered"), "{stderr}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn lines_typed_while_disconnected_are_published_after_the_reconnect() {
+    let server = start(config()).await;
+    let proxy = Proxy::start(server.addr).await;
+    let (mut member, _) = connect(&server).await;
+    request(&mut member, json!({"type":"join","group":"lobby","id":1})).await;
+    let mut client = spawn_client(args(&[&proxy.url(), "--join", "lobby", "--reconnect"]));
+    client.write_stdin("first\n").await;
+    assert_eq!(recv_json(&mut member).await["data"], "first");
+    // (Its echo reached the client: the cut below loses nothing in flight.)
+    assert_eq!(client.line().await["data"], "first");
+
+    proxy.cut();
+    client.stderr_line("connection lost").await;
+    client.write_stdin("while away\n{\"n\":2}\n").await;
+    client.stderr_line("stdin lines are held").await;
+    proxy.resume();
+    assert_eq!(recv_json(&mut member).await["data"], "while away");
+    assert_eq!(recv_json(&mut member).await["data"], json!({"n":2}));
+    // And stdin goes on after the reconnect.
+    client.write_stdin("after\n").await;
+    assert_eq!(recv_json(&mut member).await["data"], "after");
+    // The client printed the echo of its publications, once each.
+    let mut printed = Vec::new();
+    for _ in 0..3 {
+        printed.push(client.line().await["data"].clone());
+    }
+    assert_eq!(printed, [json!("while away"), json!({"n":2}), json!("after")]);
+    let (stderr, rest) = client.stop().await;
+    assert!(rest.is_empty(), "{rest:?}");
+    assert!(!stderr.contains("may not have been published"), "{stderr}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_refused_token_on_reconnect_is_not_retried() {
+    let server = start(Config {
+        jwt_secret: Some(JWT_SECRET.into()),
+        ..config()
+    })
+    .await;
+    let addr = server.addr;
+    let token = hs256_token(&json!({"sub":"ann","exp": unix_now() + 600}));
+    let url = format!("{}?token={token}", server.url("/ws"));
+    let client = spawn_client(args(&[&url, "--join", "lobby", "--reconnect"]));
+    member_of(&server, "lobby", None).await;
+    // The restart rotates the key: the token in the URL is refused.
+    server.stop().await;
+    let server = start(Config {
+        listen: addr,
+        jwt_secret: Some("another-hs256-secret-of-at-least-32-bytes".into()),
+        ..config()
+    })
+    .await;
+    let (result, stderr, _) = client.finish().await;
+    let e = result.expect_err("401 is final");
+    assert_eq!(e.exit_code(), 2, "{e}");
+    assert!(e.to_string().contains("HTTP 401"), "{e}");
+    assert!(
+        stderr.contains("refused: not retrying, the same credentials would be refused again"),
+        "{stderr}"
+    );
+    assert_eq!(server.stats().connections, 0);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn without_reconnect_a_lost_connection_exits_3() {
+    let server = start(config()).await;
+    let proxy = Proxy::start(server.addr).await;
+    let client = spawn_client(args(&[&proxy.url(), "--join", "lobby"]));
+    member_of(&server, "lobby", None).await;
+    proxy.cut();
+    let (result, stderr, _) = client.finish().await;
+    let e = result.expect_err("lost");
+    assert_eq!(e.exit_code(), 3, "{e}");
+    assert!(e.to_string().starts_with("connection lost: "), "{e}");
+    assert!(!stderr.contains("reconnecting"), "{stderr}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_connection_gone_silent_is_replaced_and_what_it_swallowed_recovered() {
+    let server = start(history_config()).await;
+    let proxy = Proxy::start(server.addr).await;
+    let mut client = spawn_client(args(&[
+        &proxy.url(),
+        "--join",
+        "chat:1",
+        "--reconnect",
+        "--keepalive",
+        "300ms",
+    ]));
+    member_of(&server, "chat:1", None).await;
+    publish(&server, "chat:1", json!(1)).await;
+    assert_eq!(client.line().await["offset"], 1);
+    // The network stops carrying anything, and closes nothing: the
+    // publications sent meanwhile are lost on the way.
+    proxy.freeze();
+    publish(&server, "chat:1", json!(2)).await;
+    publish(&server, "chat:1", json!(3)).await;
+    // A line typed now goes into the void: it is reported, not resent
+    // (the client cannot know whether the server got it).
+    client.write_stdin("into the void\n").await;
+    client
+        .stderr_line("connection lost: nothing from the server for 600ms, not even the answer to a ping")
+        .await;
+    assert_eq!(
+        client.stderr_line("stdin line 1").await,
+        "roomcast client: stdin line 1 may not have been published: the connection was lost before the \
+         server acknowledged it (not sent again)"
+    );
+    for i in 2..=3 {
+        assert_eq!(
+            client.line().await,
+            json!({"type":"message","group":"chat:1","offset":i,"data":i})
+        );
+    }
+    let (stderr, rest) = client.stop().await;
+    assert!(rest.is_empty(), "{rest:?}");
+    assert!(stderr.contains("reconnected (attempt 1)"), "{stderr}");
     server.stop().await;
 }
