@@ -104,7 +104,7 @@ impl Protocol {
 }
 
 /// Every error code, in index order (see [`error_index`]).
-const ERROR_CODES: [ErrorCode; 10] = [
+const ERROR_CODES: [ErrorCode; 11] = [
     ErrorCode::BadRequest,
     ErrorCode::InvalidGroup,
     ErrorCode::TooManyGroups,
@@ -115,6 +115,7 @@ const ERROR_CODES: [ErrorCode; 10] = [
     ErrorCode::InvalidToken,
     ErrorCode::BrokerUnavailable,
     ErrorCode::NoHistory,
+    ErrorCode::NoPresence,
 ];
 
 /// Position of `code` in [`ERROR_CODES`]. Exhaustive, so a new code does not
@@ -131,6 +132,7 @@ fn error_index(code: ErrorCode) -> usize {
         ErrorCode::InvalidToken => 7,
         ErrorCode::BrokerUnavailable => 8,
         ErrorCode::NoHistory => 9,
+        ErrorCode::NoPresence => 10,
     }
 }
 

@@ -173,6 +173,23 @@ impl Server {
                 }
             });
         }
+        if let Some(presence) = node.presence.clone() {
+            // This node's presence entries are refreshed (a cluster's
+            // expire without it) and checked against the hub.
+            let stop = node.shutdown.clone();
+            let hub = node.hub.clone();
+            let every = crate::presence::refresh_every(node.config.presence_ttl);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tick.tick() => presence.refresh(hub.clone()).await,
+                    }
+                }
+            });
+        }
         node.hub.start_flushers();
         let drained = CancellationToken::new();
         // Connections accepted during the drain. They are not sessions and

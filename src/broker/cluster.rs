@@ -338,7 +338,9 @@ impl Broker for ClusterBroker {
         let mut keep = None;
         let (channel, conn) = match &publication.target {
             Target::Group(g) => {
-                keep = Some(self.shared.rules.features(g)).filter(Features::history);
+                // Events (joined, left) are never kept.
+                keep = Some(self.shared.rules.features(g))
+                    .filter(|f| f.history() && !matches!(publication.payload, super::Payload::Event(_)));
                 (Channel::Group(g.clone()), None)
             }
             Target::All => (Channel::All, None),

@@ -5,7 +5,8 @@
 //! The binaries come from Debian's `redis-server` and `nats-server`
 //! packages. When one is missing, the first test that needs it installs
 //! it (`apt-get`, as root) or fails naming the exact command to run: a
-//! cluster test never skips.
+//! cluster test never skips. nats-server runs with JetStream (`-js`, its
+//! store in a temporary directory of the test's own), which presence uses.
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -88,6 +89,9 @@ pub struct BrokerProcess {
     pub kind: Kind,
     pub port: u16,
     child: Option<Child>,
+    /// NATS: JetStream's store directory (presence uses JetStream), a
+    /// temporary one of this test's own, kept across restarts.
+    store: tempfile::TempDir,
 }
 
 impl BrokerProcess {
@@ -97,6 +101,7 @@ impl BrokerProcess {
             kind,
             port: free_port(),
             child: None,
+            store: tempfile::tempdir().expect("a temporary directory"),
         };
         b.restart();
         b
@@ -128,7 +133,9 @@ impl BrokerProcess {
                 "--protected-mode",
                 "no",
             ]),
-            Kind::Nats => cmd.args(["-a", "127.0.0.1", "-p", &port]),
+            Kind::Nats => cmd
+                .args(["-a", "127.0.0.1", "-p", &port, "-js", "-sd"])
+                .arg(self.store.path()),
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {

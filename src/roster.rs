@@ -1,0 +1,234 @@
+//! What sessions and the HTTP API do with presence: list a member when it
+//! joins a group that has presence and unlist it when it leaves, send the
+//! group's `joined` and `left` events through the broker (so that they
+//! reach members on every node), and answer presence reads.
+//!
+//! Events are per user where there is one: a user's first connection in
+//! the group makes `joined`, its last one leaving makes `left`, but only
+//! after `join_leave_grace`: a user back within it (a reconnect, on any
+//! node) makes neither. The store decides "first" and "last" from its
+//! cluster-wide counts ([`crate::presence`]). A connection without a user
+//! is its own member: `joined` when it joins, `left` at once when it
+//! leaves (its next connection has another id anyway). A group with more
+//! connections than `join_leave_max_members` sends no events: each goes to
+//! every member, so a group's event traffic grows with the square of its
+//! size.
+//!
+//! Events go out after the joining member's `ack`, and the joining member
+//! gets its own `joined` too. They carry no offset, are never kept in
+//! history, and are not sent back in a recovery.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde_json::value::RawValue;
+use tracing::warn;
+
+use crate::broker::{Payload, Publication, Target};
+use crate::id::ConnId;
+use crate::node::Node;
+use crate::presence::{Member, Presence, PresenceError};
+use crate::protocol::{self, ErrorCode};
+use crate::ws::frame::FramePayload;
+
+/// An event to send once the joining member has its answer.
+#[derive(Debug)]
+pub struct Event(Publication);
+
+/// The node's presence store, if `group` has presence.
+fn store(node: &Node, group: &str) -> Option<Arc<dyn Presence>> {
+    node.presence
+        .clone()
+        .filter(|_| node.rules.presence(group).presence)
+}
+
+/// Connection `conn` of this node joined `group` (the hub and the broker
+/// have it): list it in presence, with `info` (a JSON object, checked by
+/// the caller). Returns the `joined` event to send, when one is due:
+/// [`announce`] it after answering the join.
+pub async fn add(
+    node: &Arc<Node>,
+    group: &Arc<str>,
+    conn: ConnId,
+    user: Option<&Arc<str>>,
+    info: Option<&str>,
+) -> Result<Option<Event>, PresenceError> {
+    let Some(presence) = store(node, group) else {
+        return Ok(None);
+    };
+    let events = node.rules.presence(group).join_leave;
+    let id = node.client_id(conn);
+    let json = protocol::presence_member(&id, user.map(|u| &**u), &node.name, info);
+    let member = Member {
+        conn: id.clone(),
+        user: user.cloned(),
+        json: Bytes::from(json),
+    };
+    let added = presence.add(group, member, events).await?;
+    let due = events && added.first && within_limit(node, added.connections);
+    Ok(due.then(|| {
+        let e = protocol::presence_event(true, group, &id, user.map(|u| &**u), info);
+        event(group, e)
+    }))
+}
+
+/// Send an event to its group's members on every node.
+pub fn announce(node: &Node, event: Event) {
+    // Nobody waits for the broker's answer: an event that cannot be
+    // carried (the broker is down) is lost, like the members' view of the
+    // group, which a `gap` tells them about.
+    drop(node.broker.publish(event.0));
+}
+
+/// Connection `conn` of this node left `group` (the hub no longer has
+/// it): unlist it, and send `left` when due (after the grace for a user).
+pub async fn remove(node: &Arc<Node>, group: &Arc<str>, conn: ConnId, user: Option<&Arc<str>>) {
+    let Some(presence) = store(node, group) else {
+        return;
+    };
+    let events = node.rules.presence(group).join_leave;
+    let grace = node.config.join_leave_grace;
+    let pending = events && user.is_some() && !grace.is_zero();
+    let id = node.client_id(conn);
+    let removed = match presence.remove(group, &id, user, pending, events).await {
+        Ok(r) => r,
+        Err(e) => {
+            // Its entry expires with its node's refreshes gone.
+            warn!(group = %group, conn = %id, error = %e, "cannot remove a member from presence");
+            return;
+        }
+    };
+    if !events || !removed.last {
+        return;
+    }
+    let left = || {
+        event(
+            group,
+            protocol::presence_event(false, group, &id, user.map(|u| &**u), None),
+        )
+    };
+    let Some(user) = user.filter(|_| pending) else {
+        // Counted with the one leaving, as its join was.
+        if within_limit(node, removed.connections + 1) {
+            announce(node, left());
+        }
+        return;
+    };
+    let node2 = node.clone();
+    let group2 = group.clone();
+    let user = user.clone();
+    let event = left();
+    node.tracker.spawn(async move {
+        // At shutdown the grace is cut short: the node will not be there
+        // to send the event later.
+        tokio::select! {
+            () = tokio::time::sleep(grace) => {}
+            () = node2.shutdown.cancelled() => {}
+        }
+        match presence.confirm_left(&group2, &user).await {
+            Ok(Some(connections)) if within_limit(&node2, connections + 1) => announce(&node2, event),
+            Ok(_) => {}
+            Err(e) => warn!(group = %group2, error = %e, "cannot confirm a leave in presence; no left event"),
+        }
+    });
+}
+
+/// [`remove`] in a task of its own, for a session that ends (the node's
+/// shutdown waits for it).
+pub fn remove_later(node: &Arc<Node>, group: Arc<str>, conn: ConnId, user: Option<Arc<str>>) {
+    if store(node, &group).is_none() {
+        return;
+    }
+    let node2 = node.clone();
+    node.tracker
+        .spawn(async move { remove(&node2, &group, conn, user.as_ref()).await });
+}
+
+/// Whether a group of `connections` connections still has events (a
+/// join counts the group with the joining connection, a leave with the
+/// leaving one, so that a member above the limit has neither).
+fn within_limit(node: &Node, connections: u64) -> bool {
+    connections <= node.config.join_leave_max_members as u64
+}
+
+fn event(group: &Arc<str>, json: Vec<u8>) -> Event {
+    Event(Publication {
+        target: Target::Group(group.clone()),
+        from: None,
+        user: None,
+        payload: Payload::Event(Bytes::from(json)),
+    })
+}
+
+/// Why a presence read failed: the error code and message.
+pub type ReadError = (ErrorCode, String);
+
+/// The answer to a `presence` request (`stats`: `presence_stats`) for
+/// `group`, with `id`: the JSON message.
+pub async fn read(
+    node: &Node,
+    group: &str,
+    stats: bool,
+    id: Option<&RawValue>,
+) -> Result<FramePayload, ReadError> {
+    let Some(presence) = store(node, group) else {
+        return Err((ErrorCode::NoPresence, format!("group '{group}' has no presence")));
+    };
+    let name: Arc<str> = Arc::from(group);
+    let unavailable = |e: PresenceError| (ErrorCode::BrokerUnavailable, e.to_string());
+    if stats {
+        let s = presence.stats(&name).await.map_err(unavailable)?;
+        return Ok(protocol::presence_stats_json(id, group, s.connections, s.users));
+    }
+    let listing = presence
+        .list(&name, node.config.max_presence_members)
+        .await
+        .map_err(unavailable)?;
+    Ok(protocol::presence_json(
+        id,
+        group,
+        listing.stats.connections,
+        listing.stats.users,
+        listing.truncated(),
+        listing.members.iter().map(|m| &m[..]),
+    ))
+}
+
+/// Connections in `group` across the cluster, when it has presence
+/// (`None` otherwise, or when the store cannot be read).
+pub async fn count(node: &Node, group: &str) -> Option<u64> {
+    let presence = store(node, group)?;
+    presence
+        .stats(&Arc::from(group))
+        .await
+        .ok()
+        .map(|s| s.connections)
+}
+
+/// Up to `max_presence_members` connection ids of `group`'s members across
+/// the cluster, its connection count, and whether the ids were cut; `None`
+/// when the group has no presence. Err: the store cannot be read.
+pub async fn connections(
+    node: &Node,
+    group: &str,
+) -> Option<Result<(Vec<String>, u64, bool), PresenceError>> {
+    let presence = store(node, group)?;
+    let listing = match presence
+        .list(&Arc::from(group), node.config.max_presence_members)
+        .await
+    {
+        Ok(l) => l,
+        Err(e) => return Some(Err(e)),
+    };
+    #[derive(serde::Deserialize)]
+    struct Conn {
+        conn: String,
+    }
+    let ids = listing
+        .members
+        .iter()
+        .filter_map(|m| serde_json::from_slice::<Conn>(m).ok())
+        .map(|c| c.conn)
+        .collect();
+    Some(Ok((ids, listing.stats.connections, listing.truncated())))
+}
