@@ -119,11 +119,13 @@ pub async fn remove(node: &Arc<Node>, group: &Arc<str>, conn: ConnId, user: Opti
     let user = user.clone();
     let event = left();
     node.tracker.spawn(async move {
-        // At shutdown the grace is cut short: the node will not be there
-        // to send the event later.
+        // A node shutting down sends no event: its broker stops with it,
+        // and its members are reconnecting elsewhere, where a return
+        // within the grace is no event anyway. The pending leave lapses
+        // with the presence TTL.
         tokio::select! {
             () = tokio::time::sleep(grace) => {}
-            () = node2.shutdown.cancelled() => {}
+            () = node2.shutdown.cancelled() => return,
         }
         match presence.confirm_left(&group2, &user).await {
             Ok(Some(connections)) if within_limit(&node2, connections + 1) => announce(&node2, event),
