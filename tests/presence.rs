@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::brokers::{BrokerProcess, Kind};
 use common::*;
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use roomcast::groups::GroupRule;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
@@ -39,6 +39,7 @@ every!(
     presence_errors_limits_and_permissions,
     join_leave_events_are_per_user_after_the_grace,
     events_stop_above_the_member_limit,
+    binary_clients_read_presence_with_the_json_requests,
 );
 
 /// Bodies that need separate processes on a shared broker.
@@ -527,4 +528,34 @@ async fn a_killed_node_leaves_presence_within_the_ttl(kind: Kind) {
     }
     drop(gone);
     survivor.stop().await;
+}
+
+async fn binary_clients_read_presence_with_the_json_requests(backend: Backend) {
+    let c = cluster(backend, |_| {}).await;
+    let (mut watcher, _) = connect_as(c.node(0), Some("watcher"), None).await;
+    join(&mut watcher, "room:b", None).await;
+    assert_eq!(event(&mut watcher).await["type"], "joined");
+    // A binary join (type 1): no ack, no info; then the JSON requests on
+    // the same connection.
+    let (mut bin, bin_id) = connect_as(c.node(1), Some("bin"), None).await;
+    let mut frame = 1u32.to_le_bytes().to_vec();
+    frame.extend_from_slice(b"room:b");
+    bin.send(Message::binary(frame)).await.unwrap();
+    // Its own joined event comes as JSON text, whatever it joined with.
+    let e = event(&mut bin).await;
+    assert_eq!(
+        e,
+        json!({"type":"joined","group":"room:b","conn":bin_id,"user":"bin"})
+    );
+    assert_eq!(event(&mut watcher).await, e);
+    let p = presence(&mut bin, "room:b").await;
+    assert_eq!(
+        by_conn(&p)[&bin_id],
+        json!({"conn": bin_id, "user": "bin", "node": c.name(1)})
+    );
+    let r = request(&mut bin, json!({"type":"presence_stats","group":"room:b","id":9})).await;
+    assert_eq!(
+        r,
+        json!({"type":"presence_stats","id":9,"group":"room:b","connections":2,"users":2})
+    );
 }
