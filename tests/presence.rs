@@ -58,6 +58,22 @@ macro_rules! clustered {
 
 clustered!(a_killed_node_leaves_presence_within_the_ttl);
 
+/// Bodies about groups with history too: the brokers that keep history.
+macro_rules! with_history {
+    ($($name:ident),* $(,)?) => {
+        mod memory_history {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::Backend::Memory).await })*
+        }
+        mod redis_history {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::Backend::Redis).await })*
+        }
+    };
+}
+
+with_history!(a_recovering_rejoin_is_neither_a_leave_nor_a_join);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Backend {
     Memory,
@@ -558,4 +574,42 @@ async fn binary_clients_read_presence_with_the_json_requests(backend: Backend) {
         r,
         json!({"type":"presence_stats","id":9,"group":"room:b","connections":2,"users":2})
     );
+}
+
+async fn a_recovering_rejoin_is_neither_a_leave_nor_a_join(backend: Backend) {
+    let c = cluster(backend, |c| {
+        c.groups.push(GroupRule {
+            prefix: "hist:".into(),
+            history_size: 10,
+            history_ttl: Duration::from_secs(60),
+            presence: true,
+            join_leave: true,
+        })
+    })
+    .await;
+    let (mut watcher, _) = connect_as(c.node(0), Some("watcher"), None).await;
+    let ack = request(&mut watcher, json!({"type":"join","group":"hist:1","id":1})).await;
+    assert_eq!(ack["offset"], 0, "{ack}");
+    assert_eq!(event(&mut watcher).await["type"], "joined");
+    let (mut ann, ann_id) = connect_as(c.node(1), Some("ann"), None).await;
+    let ack = request(
+        &mut ann,
+        json!({"type":"join","group":"hist:1","id":1,"info":{"v":1}}),
+    )
+    .await;
+    let epoch = ack["epoch"].as_str().unwrap().to_owned();
+    assert_eq!(event(&mut watcher).await["conn"], ann_id);
+    assert_eq!(event(&mut ann).await["conn"], ann_id);
+    // Joining a group with history again (to recover) leaves and joins it
+    // on this node; presence sees the same member, with its new info.
+    let ack = request(
+        &mut ann,
+        json!({"type":"join","group":"hist:1","id":2,"info":{"v":2},"recover":{"offset":0,"epoch":epoch}}),
+    )
+    .await;
+    assert_eq!(ack["recovered"], true, "{ack}");
+    quiet(&mut watcher, Duration::from_millis(1500)).await;
+    let p = presence(&mut watcher, "hist:1").await;
+    assert_eq!(p["connections"], 2, "{p}");
+    assert_eq!(by_conn(&p)[&ann_id]["info"], json!({"v":2}), "{p}");
 }

@@ -223,9 +223,12 @@ impl Inner {
 
     async fn add(&self, group: &str, member: &Member, count: bool) -> Result<Added, PresenceError> {
         let user = member.user.as_deref();
-        self.put(member_subject(group, user, &member.conn), member.json.clone())
-            .await?;
+        let subject = member_subject(group, user, &member.conn);
+        // Already listed (a rejoin): written again, nothing new.
+        let again = self.last_sequence(&subject).await?.is_some();
+        self.put(subject, member.json.clone()).await?;
         let first = match user {
+            _ if again => false,
             None => true,
             Some(u) => {
                 let pending = pending_subject(group, u);
