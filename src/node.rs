@@ -156,9 +156,10 @@ impl Node {
             let p: Arc<dyn Presence> = match &spec {
                 BrokerSpec::Memory => Arc::new(MemoryPresence::new(ttl)),
                 BrokerSpec::Redis(url) => Arc::new(
-                    RedisPresence::new(url, ttl).unwrap_or_else(|e| panic!("{e}: validate the config first")),
+                    RedisPresence::new(url, ttl, name.clone())
+                        .unwrap_or_else(|e| panic!("{e}: validate the config first")),
                 ),
-                BrokerSpec::Nats(url) => Arc::new(NatsPresence::new(url, ttl)),
+                BrokerSpec::Nats(url) => Arc::new(NatsPresence::new(url, ttl, name.clone())),
             };
             p
         });

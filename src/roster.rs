@@ -14,6 +14,10 @@
 //! every member, so a group's event traffic grows with the square of its
 //! size.
 //!
+//! The members of a node that dies are reaped by the first live node that
+//! notices (see [`crate::presence`]), which sends their `left` events, with
+//! no grace. A node shutting down sends none (see [`remove`]).
+//!
 //! Events go out after the joining member's `ack`, and the joining member
 //! gets its own `joined` too. They carry no offset, are never kept in
 //! history, and are not sent back in a recovery.
@@ -144,6 +148,48 @@ pub fn remove_later(node: &Arc<Node>, group: Arc<str>, conn: ConnId, user: Optio
     let node2 = node.clone();
     node.tracker
         .spawn(async move { remove(&node2, &group, conn, user.as_ref()).await });
+}
+
+/// Beat, and send `left` for the members of the dead nodes this node
+/// claimed (the store removed them from presence): per user, once, when no
+/// connection of the user is left in the group, without a grace (the node
+/// is gone, not reconnecting). Called by the server's presence task.
+pub async fn reap(node: &Arc<Node>) {
+    let Some(presence) = node.presence.clone() else {
+        return;
+    };
+    let reaped = match presence.reap().await {
+        Ok(r) => r,
+        Err(e) => {
+            crate::warn_limited!(
+                crate::logging::LogKind::Broker,
+                error = %e,
+                "cannot look for dead nodes in presence"
+            );
+            return;
+        }
+    };
+    if !reaped.is_empty() {
+        warn!(
+            members = reaped.len(),
+            "removed the presence of members of a node that stopped beating (it died)"
+        );
+    }
+    let mut told = std::collections::HashSet::new();
+    for r in reaped {
+        if !r.last || !node.rules.presence(&r.group).join_leave {
+            continue;
+        }
+        if let Some(u) = &r.user
+            && !told.insert((r.group.clone(), u.clone()))
+        {
+            continue;
+        }
+        if within_limit(node, r.connections + 1) {
+            let e = protocol::presence_event(false, &r.group, &r.conn, r.user.as_deref(), None);
+            announce(node, event(&r.group, e));
+        }
+    }
 }
 
 /// Whether a group of `connections` connections still has events (a

@@ -15,10 +15,16 @@
 //! - [`nats`]: a JetStream stream with one subject per member and the
 //!   stream's `max_age` as the expiry.
 //!
-//! In a cluster every entry expires unless its node refreshes it (every
-//! third of `presence_ttl`), so the members of a node that dies (SIGKILL,
-//! power loss) leave presence within `presence_ttl`. Entries are written
-//! by [`Local`], the node's own list, which the refresher walks.
+//! In a cluster each node beats (writes that it is alive) every sixth of
+//! `presence_ttl` and refreshes its entries every third of it. A node
+//! whose beat is older than two thirds of the TTL is dead: the first live
+//! node to notice claims it (one claim succeeds, whichever nodes try),
+//! removes its members and returns them ([`Presence::reap`]), so that
+//! `left` events are sent for them; the members of a node that dies
+//! (SIGKILL, power loss) leave presence within `presence_ttl`. Entries
+//! also expire on their own at twice the TTL, should no node be left to
+//! reap them. Entries are written from [`Local`], the node's own list,
+//! which the refresher walks.
 
 pub mod memory;
 pub mod nats;
@@ -98,6 +104,21 @@ impl Listing {
     }
 }
 
+/// A member of a dead node, removed by [`Presence::reap`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reaped {
+    /// Its group.
+    pub group: Arc<str>,
+    /// Its connection.
+    pub conn: ClientId,
+    /// Its user, if it had one.
+    pub user: Option<Arc<str>>,
+    /// No connection of its user is left in the group (or it had no user).
+    pub last: bool,
+    /// Connections in the group after the removal.
+    pub connections: u64,
+}
+
 /// Why presence could not be read or written.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PresenceError {
@@ -154,6 +175,11 @@ pub trait Presence: Send + Sync + 'static {
     /// session that ended without removing them), and refresh the others
     /// in the store so that they do not expire.
     fn refresh(&self, hub: Arc<Hub>) -> BoxFuture<'static, ()>;
+
+    /// Periodic work (every sixth of `presence_ttl`): note this node alive,
+    /// then claim the nodes whose last beat is older than two thirds of the
+    /// TTL, remove their members and return them.
+    fn reap(&self) -> BoxFuture<'static, Result<Vec<Reaped>, PresenceError>>;
 }
 
 /// This node's own members, by group: what the refresher writes again.
@@ -191,6 +217,14 @@ impl Local {
             .is_some_and(|m| m.contains_key(conn))
     }
 
+    /// The connections noted in `group`.
+    pub fn conns(&self, group: &str) -> Vec<ClientId> {
+        lock(&self.groups)
+            .get(group)
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// Every noted member: `(group, member)`.
     pub fn snapshot(&self) -> Vec<(Arc<str>, Member)> {
         lock(&self.groups)
@@ -218,10 +252,17 @@ impl Local {
     }
 }
 
-/// How often a node refreshes its entries: a third of their TTL, so that
-/// two refreshes may fail before an entry of a live node expires.
-pub fn refresh_every(ttl: Duration) -> Duration {
-    ttl / 3
+/// How often a node beats and looks for dead nodes: a sixth of the TTL
+/// (its entries are refreshed every other beat, a third of the TTL).
+pub fn beat_every(ttl: Duration) -> Duration {
+    ttl / 6
+}
+
+/// How old a node's last beat may be before it counts as dead: two thirds
+/// of the TTL (three missed beats), so that a dead node is found within
+/// five sixths of the TTL, and its members unlisted within the TTL.
+pub fn alive_for(ttl: Duration) -> Duration {
+    ttl * 2 / 3
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

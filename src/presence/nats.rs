@@ -1,11 +1,12 @@
 //! Presence in NATS JetStream: one stream, `ROOMCAST_PRESENCE`, on
 //! subjects `roomcast.p.>`, kept in memory, with at most one message per
-//! subject and a `max_age` of `presence_ttl`.
+//! subject and a `max_age` of twice `presence_ttl`.
 //!
 //! | subject | message |
 //! |---------|---------|
 //! | `roomcast.p.<G>.c.<U>.<conn>` | a member: its JSON object |
 //! | `roomcast.p.<G>.l.<U>` | a pending leave of user `<U>` |
+//! | `roomcast.p.n.<node>` | a node's beat: `alive`, or `dead` once claimed |
 //!
 //! `<G>` is the group's name in unpadded base64url (as for the broker's
 //! subjects), `<U>` the user's token: `u` and the first 16 hex digits of
@@ -14,13 +15,17 @@
 //! and `<conn>` the connection id (`NODE.NUMBER`, its dots as further
 //! tokens).
 //!
-//! Expiry: JetStream removes a message once it is older than `max_age`,
-//! and each node publishes its members' entries again every third of it
-//! (with one message per subject, the new one replaces the old). A node
-//! that dies stops doing so, and its members are gone within
-//! `presence_ttl`. NATS 2.9 has no per-message TTL; the stream's age limit
-//! is the expiry, so every node must run with the same `presence_ttl` (the
-//! last node to start sets it).
+//! Expiry: each node publishes its beat every sixth of the TTL and its
+//! members' entries again every third of it (with one message per subject,
+//! the new one replaces the old). A beat older than two thirds of the TTL
+//! (by the server's clock: the time of a beat just published) is a dead
+//! node's: the first node whose publish expecting that beat's sequence
+//! succeeds claims it, and removes the node's members (their subjects end
+//! in the node's name). JetStream itself removes messages older than
+//! `max_age`, twice the TTL: what is left when no live node is there to
+//! reap. NATS 2.9 has no per-message TTL; every node must run with the
+//! same `presence_ttl` (the last node to start sets the stream's age
+//! limit).
 //!
 //! Counts come from the stream's subject list for a filter (one request;
 //! the answer names every subject, about 100 bytes per member), which is
@@ -41,7 +46,7 @@ use bytes::Bytes;
 use futures_util::{StreamExt as _, TryStreamExt as _};
 use sha1::Digest as _;
 
-use super::{Added, BoxFuture, Listing, Local, Member, Presence, PresenceError, Removed, Stats};
+use super::{Added, BoxFuture, Listing, Local, Member, Presence, PresenceError, Reaped, Removed, Stats};
 use crate::hub::Hub;
 use crate::id::ClientId;
 
@@ -89,6 +94,10 @@ pub struct NatsPresence {
 struct Inner {
     url: String,
     ttl: Duration,
+    /// This node's name (its beat).
+    node: Arc<str>,
+    /// This process, among the lives of a node name (random per start).
+    instance: String,
     local: Local,
     /// The JetStream context and stream, once connected.
     state: tokio::sync::Mutex<Option<(jetstream::Context, stream::Stream)>>,
@@ -106,11 +115,13 @@ impl NatsPresence {
     /// A store on the NATS servers of `url` (as `--broker` gives them:
     /// checked by the configuration already) whose entries expire after
     /// `ttl` unless refreshed. It connects on first use.
-    pub fn new(url: &str, ttl: Duration) -> Self {
+    pub fn new(url: &str, ttl: Duration, node: Arc<str>) -> Self {
         Self {
             inner: Arc::new(Inner {
                 url: url.to_string(),
                 ttl,
+                node,
+                instance: format!("{:016x}", fastrand::u64(..)),
                 local: Local::default(),
                 state: tokio::sync::Mutex::new(None),
             }),
@@ -135,7 +146,7 @@ impl Inner {
             name: STREAM.into(),
             subjects: vec!["roomcast.p.>".into()],
             max_messages_per_subject: 1,
-            max_age: self.ttl,
+            max_age: 2 * self.ttl,
             storage: stream::StorageType::Memory,
             ..Default::default()
         };
@@ -144,7 +155,7 @@ impl Inner {
             .await
             .map_err(unavailable)?;
         let current = stream.info().await.map_err(unavailable)?.config.clone();
-        if current.max_age != self.ttl {
+        if current.max_age != 2 * self.ttl {
             js.update_stream(config).await.map_err(unavailable)?;
             stream = js.get_stream(STREAM).await.map_err(unavailable)?;
         }
@@ -200,9 +211,17 @@ impl Inner {
 
     /// The sequence of the message on `subject`, if there is one.
     async fn last_sequence(&self, subject: &str) -> Result<Option<u64>, PresenceError> {
+        Ok(self.last_message(subject).await?.map(|m| m.sequence))
+    }
+
+    /// The message on `subject`, if there is one.
+    async fn last_message(
+        &self,
+        subject: &str,
+    ) -> Result<Option<async_nats::jetstream::message::StreamMessage>, PresenceError> {
         let (_, stream) = self.state().await?;
         match stream.get_last_raw_message_by_subject(subject).await {
-            Ok(m) => Ok(Some(m.sequence)),
+            Ok(m) => Ok(Some(m)),
             Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
             Err(e) => {
                 self.reset().await;
@@ -232,7 +251,16 @@ impl Inner {
             None => true,
             Some(u) => {
                 let pending = pending_subject(group, u);
-                if self.last_sequence(&pending).await?.is_some() {
+                // It lapses after the TTL (the stream keeps it twice as
+                // long); its age by this machine's clock against the
+                // server's stamp, where a skew of a second does not matter.
+                let lapsed = |m: &async_nats::jetstream::message::StreamMessage| {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_nanos() as i128);
+                    now - m.time.unix_timestamp_nanos() > self.ttl.as_nanos() as i128
+                };
+                if self.last_message(&pending).await?.is_some_and(|m| !lapsed(&m)) {
                     // Back within the grace: neither a leave nor a join.
                     self.purge(pending).await?;
                     false
@@ -322,6 +350,113 @@ impl Inner {
         Ok(Listing { members, stats })
     }
 
+    /// Beat, claim the dead nodes, and remove their members.
+    async fn reap(&self) -> Result<Vec<Reaped>, PresenceError> {
+        let own = format!("roomcast.p.n.{}", self.node);
+        let beat = format!("alive:{}", self.instance);
+        // Another process beat under this name: this node's previous life
+        // (a crash, then a restart under the same name).
+        let restarted = self
+            .last_message(&own)
+            .await?
+            .is_some_and(|m| m.payload.starts_with(b"alive:") && m.payload != beat.as_bytes());
+        self.put(own.clone(), Bytes::from(beat)).await?;
+        // The server's clock: the time it stamped on that beat.
+        let Some(now) = self.last_message(&own).await?.map(|m| m.time) else {
+            return Ok(Vec::new());
+        };
+        let alive = super::alive_for(self.ttl);
+        let mut dead = Vec::new();
+        for subject in self.subjects("roomcast.p.n.>".into()).await? {
+            if subject == own {
+                continue;
+            }
+            let Some(beat) = self.last_message(&subject).await? else {
+                continue;
+            };
+            let age = now - beat.time;
+            if !beat.payload.starts_with(b"alive:") || age.whole_milliseconds() <= alive.as_millis() as i128 {
+                continue;
+            }
+            let (js, _) = self.state().await?;
+            let claim = PublishMessage::build()
+                .payload(Bytes::from_static(b"dead"))
+                .expected_last_subject_sequence(beat.sequence);
+            let claimed = match js.send_publish(subject.clone(), claim).await {
+                Ok(ack) => ack.await.is_ok(),
+                Err(_) => false,
+            };
+            if claimed && let Some(node) = subject.strip_prefix("roomcast.p.n.") {
+                dead.push(node.to_string());
+            }
+        }
+        let mut reaped = Vec::new();
+        if restarted {
+            let node = self.node.to_string();
+            reaped.extend(self.purge_node(&node, true).await?);
+        }
+        for node in dead {
+            reaped.extend(self.purge_node(&node, false).await?);
+        }
+        Ok(reaped)
+    }
+
+    /// Remove `node`'s members (but this node's own current ones when
+    /// `own`), and return them.
+    async fn purge_node(&self, node: &str, own: bool) -> Result<Vec<Reaped>, PresenceError> {
+        let mut reaped = Vec::new();
+        let mut by_group: std::collections::HashMap<Arc<str>, Vec<Gone>> = std::collections::HashMap::new();
+        for subject in self.subjects(format!("roomcast.p.*.c.*.{node}.*")).await? {
+            let Some(group) = subject
+                .split('.')
+                .nth(2)
+                .and_then(|g| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(g).ok())
+                .and_then(|g| String::from_utf8(g).ok())
+            else {
+                continue;
+            };
+            let Some(m) = self.last_message(&subject).await? else {
+                continue;
+            };
+            #[derive(serde::Deserialize)]
+            struct Entry {
+                conn: String,
+                user: Option<String>,
+            }
+            let Some((conn, user)) = serde_json::from_slice::<Entry>(&m.payload)
+                .ok()
+                .and_then(|e| Some((ClientId::parse(&e.conn)?, e.user)))
+            else {
+                continue;
+            };
+            if own && self.local.contains(&group, &conn) {
+                continue;
+            }
+            self.purge(subject).await?;
+            by_group
+                .entry(group.into())
+                .or_default()
+                .push((conn, user.map(Into::into)));
+        }
+        for (group, members) in by_group {
+            let connections = self.count(&group).await?;
+            for (conn, user) in members {
+                let last = match &user {
+                    None => true,
+                    Some(u) => self.user_connections(&group, u).await? == 0,
+                };
+                reaped.push(Reaped {
+                    group: group.clone(),
+                    conn,
+                    user,
+                    last,
+                    connections,
+                });
+            }
+        }
+        Ok(reaped)
+    }
+
     async fn refresh(&self, hub: &Hub) {
         for (group, m) in self.local.take_gone(hub) {
             let _ = self
@@ -402,6 +537,9 @@ fn percent_decode(s: &str) -> Option<String> {
     }
     String::from_utf8(out).ok()
 }
+
+/// A dead node's member, as its entry named it: connection and user.
+type Gone = (ClientId, Option<Arc<str>>);
 
 /// Counts from a group's member subjects: connections, and distinct user
 /// tokens (`_`, no user, not counted).
@@ -485,6 +623,11 @@ impl Presence for NatsPresence {
     fn refresh(&self, hub: Arc<Hub>) -> BoxFuture<'static, ()> {
         let inner = self.inner.clone();
         Box::pin(async move { inner.refresh(&hub).await })
+    }
+
+    fn reap(&self) -> BoxFuture<'static, Result<Vec<Reaped>, PresenceError>> {
+        let inner = self.inner.clone();
+        Box::pin(async move { inner.reap().await })
     }
 }
 

@@ -9,9 +9,17 @@
 //! | `roomcast:pc:{G}` | hash | connection id → its user (connections with one) |
 //! | `roomcast:pl:{G}` | sorted set | users with a pending leave, scored by when it lapses |
 //!
-//! Every script first removes the entries whose expiry has passed (their
-//! node stopped refreshing them: it died), adjusting the user counts, so a
-//! dead node's members are gone from every read within `presence_ttl`.
+//! Nodes: `roomcast:pn` (sorted set: node → its last beat, ms),
+//! `roomcast:pi` (hash: node → the process beating under its name, to tell
+//! a restart under the same name) and `roomcast:pg:NODE` (set: the groups
+//! where the node has members). A node
+//! found dead is taken out of `roomcast:pn` by one script (so only one
+//! live node claims it), and its members are removed from each of its
+//! groups by another, which returns them for `left` events.
+//!
+//! Every group script first removes the entries whose expiry (twice the
+//! TTL: a safety net for a cluster left without live nodes) has passed,
+//! adjusting the user counts.
 //! Counts are `HLEN`s: `presence_stats` costs the same for ten members or a
 //! million. The keys of a group expire `presence_ttl` after the last write,
 //! so an abandoned group leaves nothing behind; the braces put them in one
@@ -28,7 +36,7 @@ use bytes::Bytes;
 use redis::AsyncConnectionConfig;
 use redis::aio::MultiplexedConnection;
 
-use super::{Added, BoxFuture, Listing, Local, Member, Presence, PresenceError, Removed, Stats};
+use super::{Added, BoxFuture, Listing, Local, Member, Presence, PresenceError, Reaped, Removed, Stats};
 use crate::hub::Hub;
 use crate::id::ClientId;
 
@@ -144,8 +152,68 @@ const STATS: &str = r#"
 return {redis.call('HLEN', KEYS[1]), redis.call('HLEN', KEYS[3])}
 "#;
 
-/// Every script, the sweep in front: (name, code).
-fn scripts() -> [(Script, String); 6] {
+/// Remove a dead node's members. ARGV: the pattern of its connection ids
+/// (`NODE.*`), then connection ids to keep (a restarted node's own).
+/// Returns {connections, {conn, user ('' for none), last, ...}}.
+const PURGE: &str = r#"
+local keep = {}
+for i = 2, #ARGV do keep[ARGV[i]] = true end
+local out = {}
+local cursor = '0'
+repeat
+  local r = redis.call('HSCAN', KEYS[1], cursor, 'MATCH', ARGV[1], 'COUNT', 1000)
+  cursor = r[1]
+  local kv = r[2]
+  for i = 1, #kv, 2 do
+    local c = kv[i]
+    if not keep[c] and redis.call('HDEL', KEYS[1], c) == 1 then
+      redis.call('ZREM', KEYS[2], c)
+      local u = redis.call('HGET', KEYS[4], c)
+      local last = 1
+      if u then
+        redis.call('HDEL', KEYS[4], c)
+        if redis.call('HINCRBY', KEYS[3], u, -1) <= 0 then
+          redis.call('HDEL', KEYS[3], u)
+        else
+          last = 0
+        end
+      else
+        u = ''
+      end
+      out[#out + 1] = c
+      out[#out + 1] = u
+      out[#out + 1] = last
+    end
+  end
+until cursor == '0'
+return {redis.call('HLEN', KEYS[1]), out}
+"#;
+
+/// Beat, and claim the dead nodes. KEYS: `roomcast:pn`, `roomcast:pi`
+/// (hash: node → the process that beats under its name). ARGV: this node,
+/// how old a beat may be (ms), most nodes to claim, this process's
+/// instance. Returns {restarted, {nodes claimed}}: `restarted` is 1 when
+/// another process beat under this node's name before (this node's
+/// previous life, whose members are to be reaped); a claimed node is taken
+/// out of the set, so no other caller gets it.
+const BEAT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local prev = redis.call('HGET', KEYS[2], ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[4])
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]), 'LIMIT', 0, tonumber(ARGV[3]))
+for _, n in ipairs(dead) do
+  redis.call('ZREM', KEYS[1], n)
+  redis.call('HDEL', KEYS[2], n)
+end
+local restarted = 0
+if prev and prev ~= ARGV[4] then restarted = 1 end
+return {restarted, dead}
+"#;
+
+/// Every script, the group scripts with the sweep in front: (name, code).
+fn scripts() -> [(Script, String); 8] {
     [
         (Script::Add, ADD),
         (Script::Refresh, REFRESH),
@@ -153,8 +221,13 @@ fn scripts() -> [(Script, String); 6] {
         (Script::Confirm, CONFIRM),
         (Script::List, LIST),
         (Script::Stats, STATS),
+        (Script::Purge, PURGE),
+        (Script::Beat, BEAT),
     ]
-    .map(|(s, body)| (s, format!("{SWEEP}{body}")))
+    .map(|(s, body)| match s {
+        Script::Beat => (s, body.to_string()),
+        _ => (s, format!("{SWEEP}{body}")),
+    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,12 +238,22 @@ enum Script {
     Confirm,
     List,
     Stats,
+    Purge,
+    Beat,
 }
+
+/// Dead nodes claimed at once, at most.
+const REAP_NODES: usize = 16;
 
 /// How long a connection attempt or an answer may take.
 const TIMEOUT: Duration = Duration::from_secs(2);
 /// Most scripts in one pipeline of the refresher.
 const BATCH: usize = 512;
+
+/// The set of the groups where `node` has members.
+fn node_groups_key(node: &str) -> Vec<u8> {
+    [b"roomcast:pg:", node.as_bytes()].concat()
+}
 
 /// The five keys of `group`.
 fn keys(group: &str) -> [Vec<u8>; 5] {
@@ -182,7 +265,7 @@ fn keys(group: &str) -> [Vec<u8>; 5] {
 #[derive(Clone)]
 struct Connection {
     conn: MultiplexedConnection,
-    shas: Arc<[String; 6]>,
+    shas: Arc<[String; 8]>,
 }
 
 /// Presence kept in a Redis server.
@@ -192,6 +275,10 @@ pub struct RedisPresence {
 
 struct Inner {
     client: redis::Client,
+    /// This node's name (its beat, its groups' set).
+    node: Arc<str>,
+    /// This process, among the lives of a node name (random per start).
+    instance: String,
     connection: tokio::sync::Mutex<Option<Connection>>,
     local: Local,
     ttl: Duration,
@@ -209,11 +296,13 @@ impl RedisPresence {
     /// A store on the Redis server at `url` (checked by the configuration
     /// already) whose entries expire after `ttl` unless refreshed. It
     /// connects on first use.
-    pub fn new(url: &str, ttl: Duration) -> Result<Self, String> {
+    pub fn new(url: &str, ttl: Duration, node: Arc<str>) -> Result<Self, String> {
         let client = redis::Client::open(url).map_err(|e| e.to_string())?;
         Ok(Self {
             inner: Arc::new(Inner {
                 client,
+                node,
+                instance: format!("{:016x}", fastrand::u64(..)),
                 connection: tokio::sync::Mutex::new(None),
                 local: Local::default(),
                 ttl,
@@ -236,7 +325,7 @@ impl Inner {
             .get_multiplexed_async_connection_with_config(&config)
             .await
             .map_err(unavailable)?;
-        let mut shas: [String; 6] = Default::default();
+        let mut shas: [String; 8] = Default::default();
         for (i, (_, code)) in scripts().iter().enumerate() {
             shas[i] = redis::cmd("SCRIPT")
                 .arg("LOAD")
@@ -259,7 +348,7 @@ impl Inner {
         *self.connection.lock().await = None;
     }
 
-    fn command(shas: &[String; 6], script: Script, group: &str) -> redis::Cmd {
+    fn command(shas: &[String; 8], script: Script, group: &str) -> redis::Cmd {
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(&shas[script as usize]).arg(5);
         for k in keys(group) {
@@ -288,20 +377,100 @@ impl Inner {
         }
     }
 
+    /// A pending leave's lifetime.
     fn ttl_ms(&self) -> String {
         self.ttl.as_millis().max(1).to_string()
+    }
+
+    /// An entry's own lifetime: twice the TTL (a live node reaps a dead
+    /// one's entries within the TTL; this is for when none is left).
+    fn entry_ttl_ms(&self) -> String {
+        (2 * self.ttl.as_millis()).max(1).to_string()
+    }
+
+    /// Run a plain command, resetting the connection on failure.
+    async fn plain<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, PresenceError> {
+        let Connection { mut conn, .. } = self.connection().await?;
+        match cmd.query_async::<T>(&mut conn).await {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                self.reset().await;
+                Err(unavailable(e))
+            }
+        }
+    }
+
+    /// Beat, claim the dead nodes, and remove their members.
+    async fn reap(&self) -> Result<Vec<Reaped>, PresenceError> {
+        let Connection { mut conn, shas } = self.connection().await?;
+        let alive = super::alive_for(self.ttl).as_millis().to_string();
+        let (restarted, dead): (u8, Vec<String>) = match redis::cmd("EVALSHA")
+            .arg(&shas[Script::Beat as usize])
+            .arg(2)
+            .arg("roomcast:pn")
+            .arg("roomcast:pi")
+            .arg(&*self.node)
+            .arg(alive)
+            .arg(REAP_NODES)
+            .arg(&self.instance)
+            .query_async(&mut conn)
+            .await
+        {
+            Ok(d) => d,
+            Err(e) => {
+                self.reset().await;
+                return Err(unavailable(e));
+            }
+        };
+        let mut reaped = Vec::new();
+        if restarted == 1 {
+            // This node's previous life (a crash, then a restart under the
+            // same name): its members, but not this life's.
+            reaped.extend(self.purge_node(&self.node, true).await?);
+        }
+        for node in dead {
+            reaped.extend(self.purge_node(&node, false).await?);
+            let _: () = self.plain(redis::cmd("DEL").arg(node_groups_key(&node))).await?;
+        }
+        Ok(reaped)
+    }
+
+    /// Remove `node`'s members from every group it had members in (but
+    /// this node's own current ones when `own`).
+    async fn purge_node(&self, node: &str, own: bool) -> Result<Vec<Reaped>, PresenceError> {
+        let groups: Vec<String> = self
+            .plain(redis::cmd("SMEMBERS").arg(node_groups_key(node)))
+            .await?;
+        let pattern = format!("{}.*", node.replace(['*', '?', '[', ']', '\\'], ""));
+        let mut reaped = Vec::new();
+        for group in groups {
+            let keep: Vec<String> = if own {
+                self.local.conns(&group).iter().map(ToString::to_string).collect()
+            } else {
+                Vec::new()
+            };
+            let mut args: Vec<&[u8]> = vec![pattern.as_bytes()];
+            args.extend(keep.iter().map(|k| k.as_bytes()));
+            let group: Arc<str> = group.into();
+            let v = self.run(Script::Purge, &group, &args).await?;
+            reaped.extend(parse_purged(&group, v)?);
+        }
+        Ok(reaped)
     }
 
     async fn add_member(&self, group: &str, member: &Member) -> Result<Added, PresenceError> {
         let conn = member.conn.to_string();
         let user = member.user.as_deref().unwrap_or("");
-        let ttl = self.ttl_ms();
+        let ttl = self.entry_ttl_ms();
         let v = self
             .run(
                 Script::Add,
                 group,
                 &[conn.as_bytes(), &member.json, user.as_bytes(), ttl.as_bytes()],
             )
+            .await?;
+        let _: () = self
+            .plain(redis::cmd("SADD").arg(node_groups_key(&self.node)).arg(group))
             .await?;
         let [first, connections] = ints(&v)?;
         Ok(Added {
@@ -322,7 +491,25 @@ impl Inner {
                 .await;
         }
         let all = self.local.snapshot();
-        let ttl = self.ttl_ms();
+        let ttl = self.entry_ttl_ms();
+        // The groups where this node has members, for whoever reaps it.
+        let key = node_groups_key(&self.node);
+        let mut index = redis::pipe();
+        index.cmd("DEL").arg(&key).ignore();
+        let groups: std::collections::HashSet<&Arc<str>> = all.iter().map(|(g, _)| g).collect();
+        for chunk in groups.into_iter().collect::<Vec<_>>().chunks(BATCH) {
+            index
+                .cmd("SADD")
+                .arg(&key)
+                .arg(chunk.iter().map(|g| g.as_bytes()).collect::<Vec<_>>())
+                .ignore();
+        }
+        index.cmd("PEXPIRE").arg(&key).arg(&ttl).ignore();
+        if let Ok(Connection { mut conn, .. }) = self.connection().await
+            && index.query_async::<()>(&mut conn).await.is_err()
+        {
+            self.reset().await;
+        }
         for chunk in all.chunks(BATCH) {
             let Ok(Connection { mut conn, shas }) = self.connection().await else {
                 return;
@@ -354,6 +541,41 @@ impl Inner {
             }
         }
     }
+}
+
+/// [`PURGE`]'s answer as reaped members.
+fn parse_purged(group: &Arc<str>, v: redis::Value) -> Result<Vec<Reaped>, PresenceError> {
+    use redis::Value;
+    let Value::Array(parts) = v else {
+        return Err(bad_answer());
+    };
+    let [Value::Int(connections), Value::Array(items)]: [Value; 2] =
+        parts.try_into().map_err(|_| bad_answer())?
+    else {
+        return Err(bad_answer());
+    };
+    let text = |v: &Value| match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        _ => None,
+    };
+    let mut out = Vec::with_capacity(items.len() / 3);
+    for triple in items.chunks(3) {
+        let [conn, user, Value::Int(last)] = triple else {
+            return Err(bad_answer());
+        };
+        let conn = text(conn)
+            .and_then(|c| ClientId::parse(&c))
+            .ok_or_else(bad_answer)?;
+        let user = text(user).ok_or_else(bad_answer)?;
+        out.push(Reaped {
+            group: group.clone(),
+            conn,
+            user: (!user.is_empty()).then(|| user.into()),
+            last: *last == 1,
+            connections: u64::try_from(connections).unwrap_or(0),
+        });
+    }
+    Ok(out)
 }
 
 fn unavailable(e: redis::RedisError) -> PresenceError {
@@ -486,5 +708,10 @@ impl Presence for RedisPresence {
 
     fn refresh(&self, hub: Arc<Hub>) -> BoxFuture<'static, ()> {
         Box::pin(self.inner.clone().do_refresh(hub))
+    }
+
+    fn reap(&self) -> BoxFuture<'static, Result<Vec<Reaped>, PresenceError>> {
+        let inner = self.inner.clone();
+        Box::pin(async move { inner.reap().await })
     }
 }
