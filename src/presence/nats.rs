@@ -475,9 +475,15 @@ impl Inner {
                     // Still a member when its turn comes (a leave after the
                     // snapshot must not be written back).
                     if !self.local.contains(&group, &m.conn) {
-                        return Ok(());
+                        return Ok::<(), async_nats::jetstream::context::PublishError>(());
                     }
-                    js.publish(subject, m.json.clone()).await?.await.map(|_| ())
+                    js.publish(subject.clone(), m.json.clone()).await?.await?;
+                    // A leave that purged the entry while it was being
+                    // written: purged again, or it would stay.
+                    if !self.local.contains(&group, &m.conn) {
+                        let _ = self.purge(subject).await;
+                    }
+                    Ok(())
                 }
             })
             .buffer_unordered(CONCURRENCY)

@@ -537,6 +537,18 @@ impl Inner {
             for ((group, m), answer) in chunk.iter().zip(answers) {
                 if matches!(answer, redis::Value::Int(0)) && self.local.contains(group, &m.conn) {
                     let _ = self.add_member(group, m).await;
+                    // A leave that removed it while it was being written:
+                    // removed again, or it would stay.
+                    if !self.local.contains(group, &m.conn) {
+                        let conn = m.conn.to_string();
+                        let _ = self
+                            .run(
+                                Script::Remove,
+                                group,
+                                &[conn.as_bytes(), b"0", self.ttl_ms().as_bytes()],
+                            )
+                            .await;
+                    }
                 }
             }
         }
