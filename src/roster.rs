@@ -35,9 +35,10 @@ use crate::presence::{Member, Presence, PresenceError};
 use crate::protocol::{self, ErrorCode};
 use crate::ws::frame::FramePayload;
 
-/// An event to send once the joining member has its answer.
+/// An event to send once the joining member has its answer: the
+/// publication, and whether it is a `joined` (for the metrics).
 #[derive(Debug)]
-pub struct Event(Publication);
+pub struct Event(Publication, bool);
 
 /// The node's presence store, if `group` has presence.
 fn store(node: &Node, group: &str) -> Option<Arc<dyn Presence>> {
@@ -68,11 +69,13 @@ pub async fn add(
         user: user.cloned(),
         json: Bytes::from(json),
     };
-    let added = presence.add(group, member, events).await?;
+    let added = presence.add(group, member, events).await.inspect_err(|_| {
+        node.metrics.record_presence_failure();
+    })?;
     let due = events && added.first && within_limit(node, added.connections);
     Ok(due.then(|| {
         let e = protocol::presence_event(true, group, &id, user.map(|u| &**u), info);
-        event(group, e)
+        event(group, e, true)
     }))
 }
 
@@ -81,6 +84,7 @@ pub fn announce(node: &Node, event: Event) {
     // Nobody waits for the broker's answer: an event that cannot be
     // carried (the broker is down) is lost, like the members' view of the
     // group, which a `gap` tells them about.
+    node.metrics.record_presence_event(event.1);
     drop(node.broker.publish(event.0));
 }
 
@@ -97,6 +101,7 @@ pub async fn remove(node: &Arc<Node>, group: &Arc<str>, conn: ConnId, user: Opti
     let removed = match presence.remove(group, &id, user, pending, events).await {
         Ok(r) => r,
         Err(e) => {
+            node.metrics.record_presence_failure();
             // Its entry expires with its node's refreshes gone.
             warn!(group = %group, conn = %id, error = %e, "cannot remove a member from presence");
             return;
@@ -106,10 +111,8 @@ pub async fn remove(node: &Arc<Node>, group: &Arc<str>, conn: ConnId, user: Opti
         return;
     }
     let left = || {
-        event(
-            group,
-            protocol::presence_event(false, group, &id, user.map(|u| &**u), None),
-        )
+        let e = protocol::presence_event(false, group, &id, user.map(|u| &**u), None);
+        event(group, e, false)
     };
     let Some(user) = user.filter(|_| pending) else {
         // Counted with the one leaving, as its join was.
@@ -134,7 +137,10 @@ pub async fn remove(node: &Arc<Node>, group: &Arc<str>, conn: ConnId, user: Opti
         match presence.confirm_left(&group2, &user).await {
             Ok(Some(connections)) if within_limit(&node2, connections + 1) => announce(&node2, event),
             Ok(_) => {}
-            Err(e) => warn!(group = %group2, error = %e, "cannot confirm a leave in presence; no left event"),
+            Err(e) => {
+                node2.metrics.record_presence_failure();
+                warn!(group = %group2, error = %e, "cannot confirm a leave in presence; no left event");
+            }
         }
     });
 }
@@ -161,6 +167,7 @@ pub async fn reap(node: &Arc<Node>) {
     let reaped = match presence.reap().await {
         Ok(r) => r,
         Err(e) => {
+            node.metrics.record_presence_failure();
             crate::warn_limited!(
                 crate::logging::LogKind::Broker,
                 error = %e,
@@ -170,6 +177,7 @@ pub async fn reap(node: &Arc<Node>) {
         }
     };
     if !reaped.is_empty() {
+        node.metrics.record_presence_reaped(reaped.len());
         warn!(
             members = reaped.len(),
             "removed the presence of members of a node that stopped beating (it died)"
@@ -187,7 +195,7 @@ pub async fn reap(node: &Arc<Node>) {
         }
         if within_limit(node, r.connections + 1) {
             let e = protocol::presence_event(false, &r.group, &r.conn, r.user.as_deref(), None);
-            announce(node, event(&r.group, e));
+            announce(node, event(&r.group, e, false));
         }
     }
 }
@@ -199,13 +207,14 @@ fn within_limit(node: &Node, connections: u64) -> bool {
     connections <= node.config.join_leave_max_members as u64
 }
 
-fn event(group: &Arc<str>, json: Vec<u8>) -> Event {
-    Event(Publication {
+fn event(group: &Arc<str>, json: Vec<u8>, joined: bool) -> Event {
+    let publication = Publication {
         target: Target::Group(group.clone()),
         from: None,
         user: None,
         payload: Payload::Event(Bytes::from(json)),
-    })
+    };
+    Event(publication, joined)
 }
 
 /// Why a presence read failed: the error code and message.
@@ -223,7 +232,10 @@ pub async fn read(
         return Err((ErrorCode::NoPresence, format!("group '{group}' has no presence")));
     };
     let name: Arc<str> = Arc::from(group);
-    let unavailable = |e: PresenceError| (ErrorCode::BrokerUnavailable, e.to_string());
+    let unavailable = |e: PresenceError| {
+        node.metrics.record_presence_failure();
+        (ErrorCode::BrokerUnavailable, e.to_string())
+    };
     if stats {
         let s = presence.stats(&name).await.map_err(unavailable)?;
         return Ok(protocol::presence_stats_json(id, group, s.connections, s.users));
@@ -246,11 +258,13 @@ pub async fn read(
 /// (`None` otherwise, or when the store cannot be read).
 pub async fn count(node: &Node, group: &str) -> Option<u64> {
     let presence = store(node, group)?;
-    presence
-        .stats(&Arc::from(group))
-        .await
-        .ok()
-        .map(|s| s.connections)
+    match presence.stats(&Arc::from(group)).await {
+        Ok(s) => Some(s.connections),
+        Err(_) => {
+            node.metrics.record_presence_failure();
+            None
+        }
+    }
 }
 
 /// Up to `max_presence_members` connection ids of `group`'s members across
@@ -266,7 +280,10 @@ pub async fn connections(
         .await
     {
         Ok(l) => l,
-        Err(e) => return Some(Err(e)),
+        Err(e) => {
+            node.metrics.record_presence_failure();
+            return Some(Err(e));
+        }
     };
     #[derive(serde::Deserialize)]
     struct Conn {

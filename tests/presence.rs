@@ -449,6 +449,21 @@ async fn join_leave_events_are_per_user_after_the_grace(backend: Backend) {
         "no grace: {:?}",
         at.elapsed()
     );
+    // Counted where they were sent, once each.
+    let mut sent = [0u64; 2];
+    for i in 0..c.nodes.len() {
+        let metrics = http_get(c.node(i).addr, "/metrics", &[]).await.1;
+        for (n, kind) in ["joined", "left"].iter().enumerate() {
+            let name = format!("roomcast_presence_events_total{{kind=\"{kind}\"}} ");
+            sent[n] += metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(&name)?.parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("no {name}"));
+        }
+    }
+    // joined: the watcher, ann, ann after her left, anon; left: ann (after
+    // the grace), ann (her leave request), anon.
+    assert_eq!(sent, [4, 3]);
     // Groups with presence but no events stay silent.
     let (mut bob, _) = connect_as(c.node(2), Some("bob"), None).await;
     join(&mut watcher, "quiet:1", None).await;
@@ -561,6 +576,18 @@ async fn killed_node(kind: Kind, restart: bool) {
         "{p}"
     );
     eprintln!("left after {:?} (TTL {ttl:?})", killed.elapsed());
+    if !restart {
+        // The survivor, the only other node, reaped it.
+        let metrics = http_get(survivor.addr, "/metrics", &[]).await.1;
+        assert!(
+            metrics.contains("roomcast_presence_reaped_total 1\n"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("roomcast_presence_events_total{kind=\"left\"} 1\n"),
+            "{metrics}"
+        );
+    }
     // Once only, whoever reaped it.
     quiet(&mut stays, ttl).await;
     drop(gone);
