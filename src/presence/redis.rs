@@ -9,13 +9,14 @@
 //! | `roomcast:pc:{G}` | hash | connection id → its user (connections with one) |
 //! | `roomcast:pl:{G}` | sorted set | users with a pending leave, scored by when it lapses |
 //!
-//! Nodes: `roomcast:pn` (sorted set: node → its last beat, ms),
-//! `roomcast:pi` (hash: node → the process beating under its name, to tell
-//! a restart under the same name) and `roomcast:pg:NODE` (set: the groups
-//! where the node has members). A node
-//! found dead is taken out of `roomcast:pn` by one script (so only one
-//! live node claims it), and its members are removed from each of its
-//! groups by another, which returns them for `left` events.
+//! Nodes: `roomcast:pn:{nodes}` (sorted set: node → its last beat, ms),
+//! `roomcast:pi:{nodes}` (hash: node → the process beating under its name,
+//! to tell a restart under the same name; one Redis Cluster slot with the
+//! beats, as the beat script uses both) and `roomcast:pg:NODE` (set: the
+//! groups where the node has members). A node found dead is taken out of
+//! the beats by one script (so only one live node claims it), and its
+//! members are removed from each of its groups by another, which returns
+//! them for `left` events.
 //!
 //! Every group script first removes the entries whose expiry (twice the
 //! TTL: a safety net for a cluster left without live nodes) has passed,
@@ -189,8 +190,8 @@ until cursor == '0'
 return {redis.call('HLEN', KEYS[1]), out}
 "#;
 
-/// Beat, and claim the dead nodes. KEYS: `roomcast:pn`, `roomcast:pi`
-/// (hash: node → the process that beats under its name). ARGV: this node,
+/// Beat, and claim the dead nodes. KEYS: `roomcast:pn:{nodes}`,
+/// `roomcast:pi:{nodes}` (hash: node → the process that beats under its name). ARGV: this node,
 /// how old a beat may be (ms), most nodes to claim, this process's
 /// instance. Returns {restarted, {nodes claimed}}: `restarted` is 1 when
 /// another process beat under this node's name before (this node's
@@ -407,8 +408,8 @@ impl Inner {
         let (restarted, dead): (u8, Vec<String>) = match redis::cmd("EVALSHA")
             .arg(&shas[Script::Beat as usize])
             .arg(2)
-            .arg("roomcast:pn")
-            .arg("roomcast:pi")
+            .arg("roomcast:pn:{nodes}")
+            .arg("roomcast:pi:{nodes}")
             .arg(&*self.node)
             .arg(alive)
             .arg(REAP_NODES)
