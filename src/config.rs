@@ -346,6 +346,60 @@ pub struct Config {
     )]
     pub history_memory: usize,
 
+    /// List the members of groups that no `[[groups]]` rule matches in
+    /// presence (the `presence` request and the API), across the cluster.
+    #[arg(long, env = "ROOMCAST_PRESENCE")]
+    pub presence: bool,
+
+    /// Send `joined` and `left` events to the members of groups that no
+    /// `[[groups]]` rule matches (needs `--presence`).
+    #[arg(long, env = "ROOMCAST_JOIN_LEAVE")]
+    pub join_leave: bool,
+
+    /// How long a presence entry lives without being refreshed: each node
+    /// refreshes its members' entries every third of this, so the members
+    /// of a node that dies leave presence within this time.
+    #[arg(long, env = "ROOMCAST_PRESENCE_TTL", value_name = "DUR", default_value = "30s", value_parser = parse_duration)]
+    #[serde(with = "humantime_serde")]
+    pub presence_ttl: Duration,
+
+    /// Largest `info` object a client may give on `join`, in bytes of JSON
+    /// (0: no info accepted).
+    #[arg(
+        long,
+        env = "ROOMCAST_MAX_PRESENCE_INFO_SIZE",
+        value_name = "BYTES",
+        default_value_t = 1024
+    )]
+    pub max_presence_info_size: usize,
+
+    /// Most members listed in one presence answer; a larger group's answer
+    /// is cut there (`"truncated":true`), its counts stay whole.
+    #[arg(
+        long,
+        env = "ROOMCAST_MAX_PRESENCE_MEMBERS",
+        value_name = "N",
+        default_value_t = 1000
+    )]
+    pub max_presence_members: usize,
+
+    /// How long after a user's last connection leaves a group its `left`
+    /// event waits: a reconnect within it is neither a leave nor a join.
+    #[arg(long, env = "ROOMCAST_JOIN_LEAVE_GRACE", value_name = "DUR", default_value = "5s", value_parser = parse_duration)]
+    #[serde(with = "humantime_serde")]
+    pub join_leave_grace: Duration,
+
+    /// Groups with more connections than this (across the cluster) send
+    /// no `joined` or `left` events: each event goes to every member, so
+    /// their cost grows with the square of the group's size.
+    #[arg(
+        long,
+        env = "ROOMCAST_JOIN_LEAVE_MAX_MEMBERS",
+        value_name = "N",
+        default_value_t = 100
+    )]
+    pub join_leave_max_members: usize,
+
     /// Log format.
     #[arg(long, env = "ROOMCAST_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
@@ -406,6 +460,13 @@ impl Default for Config {
             history_size: 0,
             history_ttl: crate::groups::DEFAULT_HISTORY_TTL,
             history_memory: 256 * 1024 * 1024,
+            presence: false,
+            join_leave: false,
+            presence_ttl: Duration::from_secs(30),
+            max_presence_info_size: 1024,
+            max_presence_members: 1000,
+            join_leave_grace: Duration::from_secs(5),
+            join_leave_max_members: 100,
             groups: Vec::new(),
         }
     }
@@ -552,6 +613,17 @@ pub fn unknown_env_warning(names: &[String]) -> Option<String> {
 /// small enough that deadlines computed from it never overflow.
 const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 
+/// Bounds of `presence_ttl`: refreshed every third of it, at least every
+/// second; a dead node's members may not linger more than an hour.
+const MIN_PRESENCE_TTL: Duration = Duration::from_secs(3);
+const MAX_PRESENCE_TTL: Duration = Duration::from_secs(3600);
+/// Largest `max_presence_info_size`: an entry is stored once per member and
+/// listed in presence answers.
+const MAX_PRESENCE_INFO: usize = 64 * 1024;
+/// Largest `max_presence_members`: with 1 KiB of info each, an answer of
+/// about 10 MiB.
+const MAX_PRESENCE_MEMBERS: usize = 10_000;
+
 /// Bounds of `max_header_size`: hyper reads request heads into a buffer of
 /// at least 8 KiB; beyond 1 MiB a request head is an attack, not a cookie.
 const MIN_HEADER_SIZE: usize = 8 * 1024;
@@ -697,6 +769,29 @@ impl Config {
                 );
             }
         }
+        if let Err((key, m)) = crate::groups::check_presence(self.presence_features()) {
+            return err(key, &m);
+        }
+        for rule in &self.groups {
+            if let Err((key, m)) = crate::groups::check_presence(rule.into()) {
+                return err(&format!("groups.{key} (prefix '{}')", rule.prefix), &m);
+            }
+        }
+        if !(MIN_PRESENCE_TTL..=MAX_PRESENCE_TTL).contains(&self.presence_ttl) {
+            return err("presence_ttl", "must be between 3s and 1h");
+        }
+        if self.join_leave_grace >= self.presence_ttl {
+            return err(
+                "join_leave_grace",
+                "must be shorter than presence_ttl (a pending leave is kept that long)",
+            );
+        }
+        if self.max_presence_info_size > MAX_PRESENCE_INFO {
+            return err("max_presence_info_size", "must be at most 65536 bytes");
+        }
+        if !(1..=MAX_PRESENCE_MEMBERS).contains(&self.max_presence_members) {
+            return err("max_presence_members", "must be between 1 and 10000");
+        }
         if self.history_memory < 1024 * 1024 {
             return err("history_memory", "must be at least 1048576 bytes");
         }
@@ -799,13 +894,22 @@ impl Config {
 
     /// What each group has, from `[[groups]]` and the flags.
     pub fn group_rules(&self) -> crate::groups::GroupRules {
-        crate::groups::GroupRules::new(
+        crate::groups::GroupRules::with_presence(
             &self.groups,
             crate::groups::Features {
                 history_size: self.history_size,
                 history_ttl: self.history_ttl,
             },
+            self.presence_features(),
         )
+    }
+
+    /// Presence and join/leave events for groups that no rule matches.
+    pub fn presence_features(&self) -> crate::groups::PresenceFeatures {
+        crate::groups::PresenceFeatures {
+            presence: self.presence,
+            join_leave: self.join_leave,
+        }
     }
 
     /// The ping interval, `None` when pings are off.
@@ -909,6 +1013,45 @@ mod tests {
             ..Config::default()
         };
         assert_eq!(c.validate().unwrap_err().key, "queue_messages");
+        for (c, key) in [
+            (
+                Config {
+                    join_leave: true,
+                    ..Config::default()
+                },
+                "join_leave",
+            ),
+            (
+                Config {
+                    presence_ttl: Duration::from_secs(1),
+                    ..Config::default()
+                },
+                "presence_ttl",
+            ),
+            (
+                Config {
+                    join_leave_grace: Duration::from_secs(30),
+                    ..Config::default()
+                },
+                "join_leave_grace",
+            ),
+            (
+                Config {
+                    max_presence_members: 0,
+                    ..Config::default()
+                },
+                "max_presence_members",
+            ),
+            (
+                Config {
+                    max_presence_info_size: 65537,
+                    ..Config::default()
+                },
+                "max_presence_info_size",
+            ),
+        ] {
+            assert_eq!(c.validate().unwrap_err().key, key);
+        }
         assert!(parse_duration("500ms").is_ok());
         assert!(parse_duration("soon").is_err());
     }

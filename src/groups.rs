@@ -1,11 +1,14 @@
-//! Which groups keep history: rules per group-name prefix (`[[groups]]` in
-//! the TOML file), the longest matching prefix winning, and one rule for
-//! every other group (the `--history-size` and `--history-ttl` flags).
-//! History is off unless a rule turns it on: it costs memory (or broker
-//! storage) per publication.
+//! What each group has (history, presence, join/leave events): rules per
+//! group-name prefix (`[[groups]]` in the TOML file), the longest matching
+//! prefix winning, and one rule for every other group (the `--history-size`,
+//! `--history-ttl`, `--presence` and `--join-leave` flags). Every feature is
+//! off unless a rule turns it on: history costs memory (or broker storage)
+//! per publication, presence a store entry per member, and join/leave
+//! events a message to every member at each join and leave.
 //!
 //! Every node of a cluster must be given the same rules: a node decides
-//! from them whether a publication is appended to history.
+//! from them whether a publication is appended to history, and whether a
+//! member is listed in presence.
 
 use std::time::Duration;
 
@@ -36,6 +39,32 @@ pub struct GroupRule {
     /// And for how long.
     #[serde(default = "default_ttl", with = "humantime_serde")]
     pub history_ttl: Duration,
+    /// Members are listed in presence (the `presence` request, the API).
+    #[serde(default)]
+    pub presence: bool,
+    /// Members receive `joined` and `left` events (needs `presence`).
+    #[serde(default)]
+    pub join_leave: bool,
+}
+
+/// Whether a group's members are listed, and told of each other.
+/// Apart from [`Features`] (history), which the brokers carry with each
+/// publication.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PresenceFeatures {
+    /// Members are listed in presence.
+    pub presence: bool,
+    /// Members receive `joined` and `left` events (implies `presence`).
+    pub join_leave: bool,
+}
+
+impl From<&GroupRule> for PresenceFeatures {
+    fn from(r: &GroupRule) -> Self {
+        Self {
+            presence: r.presence,
+            join_leave: r.join_leave,
+        }
+    }
 }
 
 /// What one group has.
@@ -75,19 +104,47 @@ pub struct GroupRules {
     /// Longest prefix first.
     rules: Vec<(String, Features)>,
     default: Features,
+    /// The same prefixes' presence settings, longest prefix first.
+    presence: Vec<(String, PresenceFeatures)>,
+    default_presence: PresenceFeatures,
 }
 
 impl GroupRules {
     /// Rules from the `[[groups]]` entries and the rule for other groups.
     pub fn new(rules: &[GroupRule], default: Features) -> Self {
-        let mut rules: Vec<(String, Features)> = rules.iter().map(|r| (r.prefix.clone(), r.into())).collect();
-        rules.sort_by_key(|r| std::cmp::Reverse(r.0.len()));
-        Self { rules, default }
+        Self::with_presence(rules, default, PresenceFeatures::default())
+    }
+
+    /// Rules from the `[[groups]]` entries and the rule for other groups,
+    /// presence settings included.
+    pub fn with_presence(rules: &[GroupRule], default: Features, default_presence: PresenceFeatures) -> Self {
+        let mut sorted: Vec<&GroupRule> = rules.iter().collect();
+        sorted.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+        Self {
+            rules: sorted.iter().map(|r| (r.prefix.clone(), (*r).into())).collect(),
+            default,
+            presence: sorted.iter().map(|r| (r.prefix.clone(), (*r).into())).collect(),
+            default_presence,
+        }
     }
 
     /// Every feature off for every group.
     pub fn none() -> Self {
         Self::new(&[], Features::NONE)
+    }
+
+    /// Whether `group` has presence and join/leave events: the rule with
+    /// the longest matching prefix, or the default.
+    pub fn presence(&self, group: &str) -> PresenceFeatures {
+        self.presence
+            .iter()
+            .find(|(p, _)| group.starts_with(p.as_str()))
+            .map_or(self.default_presence, |(_, f)| *f)
+    }
+
+    /// Whether any group can have presence.
+    pub fn any_presence(&self) -> bool {
+        self.default_presence.presence || self.presence.iter().any(|(_, f)| f.presence)
     }
 
     /// What `group` has: the rule with the longest matching prefix, or the
@@ -116,6 +173,17 @@ impl GroupRules {
     }
 }
 
+/// Check one rule's presence settings: `Err((field, why))`.
+pub fn check_presence(f: PresenceFeatures) -> Result<(), (&'static str, String)> {
+    if f.join_leave && !f.presence {
+        return Err((
+            "join_leave",
+            "needs presence = true as well (events are counted from presence)".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Check one rule's values: `Err((field, why))`.
 pub fn check(size: usize, ttl: Duration) -> Result<(), (&'static str, String)> {
     if size > MAX_HISTORY_SIZE {
@@ -142,6 +210,8 @@ mod tests {
             prefix: prefix.into(),
             history_size: size,
             history_ttl: Duration::from_secs(60),
+            presence: size == 5,
+            join_leave: false,
         }
     }
 
@@ -160,6 +230,26 @@ mod tests {
         assert_eq!(r.features("other").history_size, 1);
         assert!(r.any_history());
         assert!(!GroupRules::none().any_history());
+        assert!(r.presence("cx").presence && !r.presence("chat:1").presence);
+        assert!(!r.any_presence() || r.presence("cx").presence);
+        assert!(!GroupRules::none().any_presence());
+        let on = PresenceFeatures {
+            presence: true,
+            join_leave: true,
+        };
+        let r = GroupRules::with_presence(&[rule("c", 5)], Features::NONE, on);
+        assert_eq!(r.presence("other"), on);
+        assert!(!r.presence("cx").join_leave && r.any_presence());
+    }
+
+    #[test]
+    fn join_leave_needs_presence() {
+        let events_alone = PresenceFeatures {
+            presence: false,
+            join_leave: true,
+        };
+        assert_eq!(check_presence(events_alone).unwrap_err().0, "join_leave");
+        assert!(check_presence(PresenceFeatures::default()).is_ok());
     }
 
     #[test]

@@ -530,6 +530,12 @@ impl Hub {
         (all, more)
     }
 
+    /// Whether connection `id` is a member of `group` on this node.
+    pub fn is_member(&self, group: &str, id: ConnId) -> bool {
+        let g = lock(self.group_shard(group)).get(group).cloned();
+        g.is_some_and(|g| read(&g.members).contains_key(&id))
+    }
+
     /// Whether `group` has members on this node.
     pub fn has_members(&self, group: &str) -> bool {
         lock(self.group_shard(group)).contains_key(group)

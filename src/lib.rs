@@ -24,7 +24,13 @@
 //! - [`history`]: each group's latest publications with offsets and an
 //!   epoch, for recovery and `history` reads (`memory` for the memory
 //!   broker).
-//! - [`groups`]: which groups keep history (`[[groups]]` prefix rules).
+//! - [`presence`]: who is in each group with presence, across the cluster,
+//!   and the counts join/leave events go by (`memory`, `redis`, `nats`).
+//! - [`roster`]: what sessions and the API do with presence: entries on
+//!   join and leave, `joined`/`left` events through the broker (with the
+//!   grace), presence answers.
+//! - [`groups`]: what each group has: history, presence, join/leave events
+//!   (`[[groups]]` prefix rules).
 //! - [`publication`]: a message on its way to its recipients (target,
 //!   publisher, payload), as the broker carries and history keeps it.
 //! - [`hub`]: connections by id and groups by name, sharded; fan-out.
@@ -56,9 +62,10 @@
 //! server
 //! http (upgrade, api, probes, stats)
 //! session
+//! roster
 //! node
 //! broker, conn
-//! history
+//! history, presence
 //! hub
 //! prepared, flush
 //! outbox
@@ -96,8 +103,10 @@ pub mod metrics;
 pub mod node;
 pub mod outbox;
 pub mod prepared;
+pub mod presence;
 pub mod protocol;
 pub mod publication;
+pub mod roster;
 pub mod server;
 pub mod session;
 pub mod tls;

@@ -104,7 +104,7 @@ impl Protocol {
 }
 
 /// Every error code, in index order (see [`error_index`]).
-const ERROR_CODES: [ErrorCode; 10] = [
+const ERROR_CODES: [ErrorCode; 11] = [
     ErrorCode::BadRequest,
     ErrorCode::InvalidGroup,
     ErrorCode::TooManyGroups,
@@ -115,6 +115,7 @@ const ERROR_CODES: [ErrorCode; 10] = [
     ErrorCode::InvalidToken,
     ErrorCode::BrokerUnavailable,
     ErrorCode::NoHistory,
+    ErrorCode::NoPresence,
 ];
 
 /// Position of `code` in [`ERROR_CODES`]. Exhaustive, so a new code does not
@@ -131,6 +132,7 @@ fn error_index(code: ErrorCode) -> usize {
         ErrorCode::InvalidToken => 7,
         ErrorCode::BrokerUnavailable => 8,
         ErrorCode::NoHistory => 9,
+        ErrorCode::NoPresence => 10,
     }
 }
 
@@ -311,6 +313,10 @@ pub struct Metrics {
     recoveries: Counter,
     recovery_failures: Counter,
     gaps_recovered: Counter,
+    /// `joined`, `left` events sent.
+    presence_events: [Counter; 2],
+    presence_reaped: Counter,
+    presence_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -541,6 +547,22 @@ impl Metrics {
             "Joins with recover that could not get what they missed (other epoch, \
              publications no longer kept): answered recovered:false",
         );
+        let presence_events = family1(
+            r,
+            "presence_events",
+            "joined and left events this node sent to a group's members, by kind",
+        );
+        let presence_events = ["joined", "left"].map(|k| presence_events.get_or_create_owned(&[("kind", k)]));
+        let presence_reaped = counter(
+            r,
+            "presence_reaped",
+            "Members of dead nodes this node removed from presence",
+        );
+        let presence_failures = counter(
+            r,
+            "presence_failures",
+            "Presence reads and writes that failed (the store was down or did not answer)",
+        );
         let outbox_depth = AtomicHistogram::new(&OUTBOX_FRAMES, 1.0);
         r.register(
             "outbox_depth_frames",
@@ -588,6 +610,9 @@ impl Metrics {
             recoveries,
             recovery_failures,
             gaps_recovered,
+            presence_events,
+            presence_reaped,
+            presence_failures,
         }
     }
 
@@ -799,6 +824,21 @@ impl Metrics {
     /// A publication was appended to history.
     pub fn history_appended(&self) {
         self.history_appended.inc();
+    }
+
+    /// A `joined` (`true`) or `left` event sent.
+    pub fn record_presence_event(&self, joined: bool) {
+        self.presence_events[usize::from(!joined)].inc();
+    }
+
+    /// `n` members of dead nodes removed from presence.
+    pub fn record_presence_reaped(&self, n: usize) {
+        self.presence_reaped.inc_by(n as u64);
+    }
+
+    /// A presence read or write failed.
+    pub fn record_presence_failure(&self) {
+        self.presence_failures.inc();
     }
 
     /// `n` members caught up from history after a broker outage.

@@ -18,6 +18,9 @@ use crate::hub::{Hub, HubConfig};
 use crate::id::{ClientId, ConnId};
 use crate::limits::Limits;
 use crate::metrics::Metrics;
+use crate::presence::nats::NatsPresence;
+use crate::presence::redis::RedisPresence;
+use crate::presence::{MemoryPresence, Presence};
 
 /// Shared state of the server.
 pub struct Node {
@@ -39,6 +42,10 @@ pub struct Node {
     pub history: Option<Arc<dyn History>>,
     /// The memory broker's history, swept by the server every second.
     pub memory_history: Option<Arc<MemoryHistory>>,
+    /// Where members of groups with presence are listed (`None`: no group
+    /// has presence). Refreshed by the server every third of
+    /// `presence_ttl`.
+    pub presence: Option<Arc<dyn Presence>>,
     /// Counters, behind `/metrics` and `/stats`.
     pub metrics: Arc<Metrics>,
     /// Admission limits (connection caps, rates, Origin, proxies).
@@ -142,6 +149,20 @@ impl Node {
                 (broker, history)
             }
         };
+        // Presence keeps its own connection to the broker's server, apart
+        // from the broker's (see crate::presence).
+        let presence: Option<Arc<dyn Presence>> = rules.any_presence().then(|| {
+            let ttl = config.presence_ttl;
+            let p: Arc<dyn Presence> = match &spec {
+                BrokerSpec::Memory => Arc::new(MemoryPresence::new(ttl)),
+                BrokerSpec::Redis(url) => Arc::new(
+                    RedisPresence::new(url, ttl, name.clone())
+                        .unwrap_or_else(|e| panic!("{e}: validate the config first")),
+                ),
+                BrokerSpec::Nats(url) => Arc::new(NatsPresence::new(url, ttl, name.clone())),
+            };
+            p
+        });
         let limits = Arc::new(config.limits());
         Arc::new(Self {
             cluster: spec != BrokerSpec::Memory,
@@ -152,6 +173,7 @@ impl Node {
             rules,
             history,
             memory_history,
+            presence,
             metrics,
             limits,
             auth,

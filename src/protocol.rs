@@ -74,6 +74,8 @@ pub enum ErrorCode {
     BrokerUnavailable,
     /// `history` of a group that keeps none.
     NoHistory,
+    /// `presence` or `presence_stats` of a group without presence.
+    NoPresence,
 }
 
 impl ErrorCode {
@@ -90,6 +92,7 @@ impl ErrorCode {
             Self::InvalidToken => "invalid_token",
             Self::BrokerUnavailable => "broker_unavailable",
             Self::NoHistory => "no_history",
+            Self::NoPresence => "no_presence",
         }
     }
 }
@@ -125,6 +128,20 @@ pub enum Request<'a> {
         group: Cow<'a, str>,
         /// Recover what was missed since this position.
         recover: Option<Recover<'a>>,
+        /// What the member shows in presence and `joined` events: the JSON
+        /// text of an object, as the client wrote it (its size is checked
+        /// by the session).
+        info: Option<&'a str>,
+    },
+    /// List a group's members across the cluster.
+    Presence {
+        /// Group name (validated).
+        group: Cow<'a, str>,
+    },
+    /// Count a group's connections and users across the cluster.
+    PresenceStats {
+        /// Group name (validated).
+        group: Cow<'a, str>,
     },
     /// Read a group's history.
     History {
@@ -213,6 +230,8 @@ struct Envelope<'a> {
     since: Option<&'a RawValue>,
     #[serde(default, borrow, deserialize_with = "present")]
     limit: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    info: Option<&'a RawValue>,
 }
 
 /// `recover`'s value.
@@ -267,6 +286,21 @@ fn recover_field<'a>(
         offset: r.offset,
         epoch: r.epoch,
     }))
+}
+
+/// `info`: a JSON object, or a `bad_request`.
+fn info_field<'a>(
+    id: Option<&'a RawValue>,
+    raw: Option<&'a RawValue>,
+) -> Result<Option<&'a str>, RequestError<'a>> {
+    match raw.map(RawValue::get) {
+        Some(r) if !r.starts_with('{') => Err(RequestError::new(
+            id,
+            ErrorCode::BadRequest,
+            "field 'info' must be a JSON object",
+        )),
+        r => Ok(r),
+    }
 }
 
 fn limit_field<'a>(
@@ -384,6 +418,13 @@ pub fn parse_text(text: &str) -> Result<TextRequest<'_>, RequestError<'_>> {
         "join" => Request::Join {
             group: group_field(id, env.group)?,
             recover: recover_field(id, env.recover)?,
+            info: info_field(id, env.info)?,
+        },
+        "presence" => Request::Presence {
+            group: group_field(id, env.group)?,
+        },
+        "presence_stats" => Request::PresenceStats {
+            group: group_field(id, env.group)?,
         },
         "history" => Request::History {
             group: group_field(id, env.group)?,
@@ -436,6 +477,7 @@ pub fn parse_binary(frame: &[u8]) -> Result<Request<'_>, RequestError<'static>> 
         BIN_JOIN => Ok(Request::Join {
             group: binary_group(payload)?,
             recover: None,
+            info: None,
         }),
         BIN_JOIN_RECOVER => {
             // offset (u64), epoch length (u8), epoch, group
@@ -458,6 +500,7 @@ pub fn parse_binary(frame: &[u8]) -> Result<Request<'_>, RequestError<'static>> 
                     offset,
                     epoch: Cow::Borrowed(epoch),
                 }),
+                info: None,
             })
         }
         BIN_HISTORY => {
@@ -548,6 +591,115 @@ pub fn left(group: &str, reason: &str) -> FramePayload {
     json_str(&mut out, reason);
     out.push(b'}');
     out
+}
+
+/// `{"type":"presence","id":<id>,"group":"G","connections":N,"users":U,
+/// "truncated":false,"members":[<member>,...]}`: each member is the JSON
+/// object its node stored (`{"conn":..,"user":..,"node":..,"info":..}`),
+/// copied as it is.
+pub fn presence_json<'a>(
+    id: Option<&RawValue>,
+    group: &str,
+    connections: u64,
+    users: u64,
+    truncated: bool,
+    members: impl Iterator<Item = &'a [u8]>,
+) -> FramePayload {
+    let mut out = FramePayload::with_capacity(256);
+    out.extend_from_slice(br#"{"type":"presence""#);
+    if let Some(id) = id {
+        out.extend_from_slice(br#","id":"#);
+        out.extend_from_slice(id.get().as_bytes());
+    }
+    out.extend_from_slice(br#","group":"#);
+    json_str(&mut out, group);
+    let mut s = String::with_capacity(64);
+    let _ = write!(
+        s,
+        r#","connections":{connections},"users":{users},"truncated":{truncated},"members":["#
+    );
+    out.extend_from_slice(s.as_bytes());
+    for (n, m) in members.enumerate() {
+        if n > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(m);
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
+/// `{"type":"presence_stats","id":<id>,"group":"G","connections":N,"users":U}`
+pub fn presence_stats_json(id: Option<&RawValue>, group: &str, connections: u64, users: u64) -> FramePayload {
+    let mut out = FramePayload::with_capacity(96 + group.len());
+    out.extend_from_slice(br#"{"type":"presence_stats""#);
+    if let Some(id) = id {
+        out.extend_from_slice(br#","id":"#);
+        out.extend_from_slice(id.get().as_bytes());
+    }
+    out.extend_from_slice(br#","group":"#);
+    json_str(&mut out, group);
+    let mut s = String::with_capacity(48);
+    let _ = write!(s, r#","connections":{connections},"users":{users}}}"#);
+    out.extend_from_slice(s.as_bytes());
+    out
+}
+
+/// A member as presence lists it: `{"conn":"<id>","user":"<sub>",
+/// "node":"<node>","info":<info>}` (`user` and `info` only when there are
+/// some). `info` must be a JSON object.
+pub fn presence_member(conn: &ClientId, user: Option<&str>, node: &str, info: Option<&str>) -> Vec<u8> {
+    let mut out = FramePayload::with_capacity(64 + info.map_or(0, str::len));
+    let mut s = String::with_capacity(48);
+    let _ = write!(s, r#"{{"conn":"{conn}""#);
+    out.extend_from_slice(s.as_bytes());
+    if let Some(user) = user {
+        out.extend_from_slice(br#","user":"#);
+        json_str(&mut out, user);
+    }
+    out.extend_from_slice(br#","node":"#);
+    json_str(&mut out, node);
+    if let Some(info) = info {
+        out.extend_from_slice(br#","info":"#);
+        out.extend_from_slice(info.as_bytes());
+    }
+    out.push(b'}');
+    out.to_vec()
+}
+
+/// The event members of a group with join/leave events get when a user (or
+/// a connection without one) joins: `{"type":"joined","group":"G",
+/// "conn":"<id>","user":"<sub>","info":<info>}`, or leaves: `{"type":"left",
+/// "group":"G","conn":"<id>","user":"<sub>"}`. Unlike the `left` notice
+/// ([`left`]), which has a `reason` and concerns the receiving connection,
+/// an event names the connection it is about in `conn`.
+pub fn presence_event(
+    joined: bool,
+    group: &str,
+    conn: &ClientId,
+    user: Option<&str>,
+    info: Option<&str>,
+) -> Vec<u8> {
+    let mut out = FramePayload::with_capacity(80 + group.len() + info.map_or(0, str::len));
+    out.extend_from_slice(if joined {
+        br#"{"type":"joined","group":"#
+    } else {
+        br#"{"type":"left","group":"#
+    });
+    json_str(&mut out, group);
+    let mut s = String::with_capacity(48);
+    let _ = write!(s, r#","conn":"{conn}""#);
+    out.extend_from_slice(s.as_bytes());
+    if let Some(user) = user {
+        out.extend_from_slice(br#","user":"#);
+        json_str(&mut out, user);
+    }
+    if let (true, Some(info)) = (joined, info) {
+        out.extend_from_slice(br#","info":"#);
+        out.extend_from_slice(info.as_bytes());
+    }
+    out.push(b'}');
+    out.to_vec()
 }
 
 /// `{"type":"error","id":<id>,"code":"<code>","message":"<text>"}`
@@ -818,8 +970,26 @@ mod tests {
             r.request,
             Request::Join {
                 group: "lobby".into(),
-                recover: None
+                recover: None,
+                info: None,
             }
+        );
+        let r = parse_text(r#"{"type":"join","group":"g","info":{"name":"Ann"}}"#).unwrap();
+        let Request::Join { info: Some(info), .. } = r.request else {
+            panic!("{:?}", r.request)
+        };
+        assert_eq!(info, r#"{"name":"Ann"}"#);
+        let e = parse_text(r#"{"type":"join","group":"g","info":"Ann","id":2}"#).unwrap_err();
+        assert_eq!((e.code, e.id.unwrap().get()), (ErrorCode::BadRequest, "2"));
+        assert_eq!(
+            parse_text(r#"{"type":"presence","group":"g"}"#).unwrap().request,
+            Request::Presence { group: "g".into() }
+        );
+        assert_eq!(
+            parse_text(r#"{"type":"presence_stats","group":"g"}"#)
+                .unwrap()
+                .request,
+            Request::PresenceStats { group: "g".into() }
         );
         let r = parse_text(r#"{"type":"publish","group":"a\nb","data":{"x":[1, 2]},"id":"q"}"#).unwrap_err();
         assert_eq!((r.code, r.id.unwrap().get()), (ErrorCode::InvalidGroup, r#""q""#));
@@ -901,7 +1071,8 @@ mod tests {
             parse_binary(b"\x01\0\0\0g").unwrap(),
             Request::Join {
                 group: "g".into(),
-                recover: None
+                recover: None,
+                info: None,
             }
         );
         assert_eq!(
@@ -967,6 +1138,31 @@ mod tests {
         assert_eq!(
             payload(&join_ack(&id, 3, "e\"", Some(true))),
             r#"{"type":"ack","id":"a","offset":3,"epoch":"e\"","recovered":true}"#
+        );
+        let conn = ClientId::parse("n1.5").unwrap();
+        let m = presence_member(&conn, Some("ann"), "n1", Some(r#"{"a":1}"#));
+        assert_eq!(
+            std::str::from_utf8(&m).unwrap(),
+            r#"{"conn":"n1.5","user":"ann","node":"n1","info":{"a":1}}"#
+        );
+        let p = presence_json(Some(&id), "g", 2, 1, true, [&m[..], b"{}"].into_iter());
+        assert_eq!(
+            payload(&p),
+            r#"{"type":"presence","id":"a","group":"g","connections":2,"users":1,"truncated":true,"members":[{"conn":"n1.5","user":"ann","node":"n1","info":{"a":1}},{}]}"#
+        );
+        assert_eq!(
+            payload(&presence_stats_json(None, "g", 3, 2)),
+            r#"{"type":"presence_stats","group":"g","connections":3,"users":2}"#
+        );
+        let e = presence_event(true, "g", &conn, None, Some("{}"));
+        assert_eq!(
+            std::str::from_utf8(&e).unwrap(),
+            r#"{"type":"joined","group":"g","conn":"n1.5","info":{}}"#
+        );
+        let e = presence_event(false, "g", &conn, Some("u"), Some("{}"));
+        assert_eq!(
+            std::str::from_utf8(&e).unwrap(),
+            r#"{"type":"left","group":"g","conn":"n1.5","user":"u"}"#
         );
         assert_eq!(
             &joined_binary("g", 2, "ep", None)[..],

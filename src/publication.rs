@@ -26,13 +26,17 @@ pub enum Payload {
     Json(Bytes),
     /// Raw bytes, delivered as a binary type-4 frame.
     Binary(Bytes),
+    /// A whole server message (JSON text) from the server itself, delivered
+    /// as it is to every recipient and never kept in history: a `joined`
+    /// or `left` event.
+    Event(Bytes),
 }
 
 impl Payload {
     /// The bytes, JSON text or binary.
     pub fn bytes(&self) -> &Bytes {
         match self {
-            Self::Json(b) | Self::Binary(b) => b,
+            Self::Json(b) | Self::Binary(b) | Self::Event(b) => b,
         }
     }
 }

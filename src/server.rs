@@ -173,6 +173,32 @@ impl Server {
                 }
             });
         }
+        if let Some(presence) = node.presence.clone() {
+            // Every sixth of the TTL this node beats and reaps dead nodes'
+            // members (sending their left events); every other time it
+            // also refreshes its own entries and checks them against the
+            // hub (see crate::presence).
+            let stop = node.shutdown.clone();
+            let node = node.clone();
+            let every = crate::presence::beat_every(node.config.presence_ttl);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut n: u64 = 0;
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tick.tick() => {
+                            crate::roster::reap(&node).await;
+                            if n.is_multiple_of(2) {
+                                presence.refresh(node.hub.clone()).await;
+                            }
+                            n += 1;
+                        }
+                    }
+                }
+            });
+        }
         node.hub.start_flushers();
         let drained = CancellationToken::new();
         // Connections accepted during the drain. They are not sessions and

@@ -22,6 +22,7 @@ use crate::node::Node;
 use crate::outbox::Outbox;
 use crate::prepared::{Encoding, Prepared};
 use crate::protocol::{self, Data, ErrorCode, Request, RequestError};
+use crate::roster;
 use crate::ws::Event;
 use crate::ws::close;
 use crate::ws::frame::{self, FramePayload, OP_BINARY, OP_PONG, OP_TEXT};
@@ -273,16 +274,35 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Err(e) => return self.reply_error(&e),
         };
         let result = match request {
-            Request::Join { group, recover } => {
+            Request::Join { group, recover, info } => {
                 let binary = kind == Protocol::Binary;
-                match self.join(&group, binary, recover.as_ref(), id).await {
+                if let Err(f) = self.check_info(info) {
+                    return answer(&self.node, &self.outbox, id, Err(f));
+                }
+                match self.join(&group, binary, recover.as_ref(), info, id).await {
                     // Answered already, in its place before recovered and
                     // held-back publications.
-                    Ok(true) => return,
-                    Ok(false) => Ok(()),
+                    Ok((true, _)) => return,
+                    Ok((false, event)) => {
+                        answer(&self.node, &self.outbox, id, Ok(()));
+                        // After the ack: the joining member's own `joined`
+                        // comes after its answer.
+                        if let Some(e) = event {
+                            roster::announce(&self.node, e);
+                        }
+                        return;
+                    }
                     Err(f) => Err(f),
                 }
             }
+            Request::Presence { group } => match self.presence(&group, false, id).await {
+                Ok(()) => return,
+                Err(f) => Err(f),
+            },
+            Request::PresenceStats { group } => match self.presence(&group, true, id).await {
+                Ok(()) => return,
+                Err(f) => Err(f),
+            },
             Request::History { group, since, limit } => {
                 match self
                     .history(&group, since, limit, kind == Protocol::Binary, id)
@@ -293,7 +313,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 }
             }
             Request::Leave { group } => {
-                self.leave(&group);
+                if let Some(name) = self.leave(&group) {
+                    roster::remove(&self.node, &name, self.outbox.id(), self.user()).await;
+                }
                 Ok(())
             }
             Request::Publish { group, data } => {
@@ -359,18 +381,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// the answer carries the position, the recovered publications follow
     /// it, then what was published meanwhile, each once, in offset order.
     /// Returns whether it answered already (a history group's join).
+    ///
+    /// In a group with presence the member is listed (with `info`) before
+    /// the answer; a `joined` event that is due is returned, to be sent
+    /// after the answer (a history group's join sends it itself).
     async fn join(
         &mut self,
         group: &str,
         binary: bool,
         recover: Option<&protocol::Recover<'_>>,
+        info: Option<&str>,
         id: Option<&RawValue>,
-    ) -> Result<bool, Failure> {
+    ) -> Result<(bool, Option<roster::Event>), Failure> {
         self.may_join(group)?;
         let features = self.node.rules.features(group);
         let history = self.node.history.clone().filter(|_| features.history());
         if self.membership.groups.iter().any(|g| **g == *group) && history.is_none() {
-            return Ok(false);
+            return Ok((false, None));
         }
         if self.membership.groups.iter().any(|g| **g == *group) {
             // Already a member: leave and join again, so that a recovering
@@ -393,7 +420,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 self.leave(&name);
                 return Err(broker_failure(e, None));
             }
-            return Ok(false);
+            let event = self.list_in_presence(&name, info).await?;
+            return Ok((false, event));
         };
         let name = self.node.hub.join_buffering(group, &self.outbox, binary).name;
         self.membership.groups.push(name.clone());
@@ -401,6 +429,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             self.leave(&name);
             return Err(broker_failure(e, None));
         }
+        let event = self.list_in_presence(&name, info).await?;
         let limit = if recover.is_some() {
             features.history_size
         } else {
@@ -410,6 +439,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Ok(p) => p,
             Err(e) => {
                 self.leave(&name);
+                roster::remove(&self.node, &name, self.outbox.id(), self.user()).await;
                 return Err((ErrorCode::BrokerUnavailable, e.to_string().into()));
             }
         };
@@ -457,12 +487,64 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             .go_live(&name, self.outbox.id(), answer, frames, page.position.offset)
         {
             self.leave(&name);
+            roster::remove(&self.node, &name, self.outbox.id(), self.user()).await;
             return Err((
                 ErrorCode::Internal,
                 "the connection left the group while joining".into(),
             ));
         }
-        Ok(true)
+        if let Some(e) = event {
+            roster::announce(&self.node, e);
+        }
+        Ok((true, None))
+    }
+
+    /// The user of this connection (JWT `sub`), if it has one.
+    fn user(&self) -> Option<&Arc<str>> {
+        self.grant.as_ref().and_then(|g| g.user.as_ref())
+    }
+
+    /// A join's `info`: at most `max_presence_info_size` bytes of JSON.
+    fn check_info(&self, info: Option<&str>) -> Result<(), Failure> {
+        let max = self.node.config.max_presence_info_size;
+        match info {
+            Some(i) if i.len() > max => Err((
+                ErrorCode::BadRequest,
+                format!("field 'info' is longer than {max} bytes").into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// List this connection in `name`'s presence, if the group has it
+    /// (the hub and the broker have the member already); on failure it
+    /// leaves the group again. Returns the `joined` event to send, if due.
+    async fn list_in_presence(
+        &mut self,
+        name: &Arc<str>,
+        info: Option<&str>,
+    ) -> Result<Option<roster::Event>, Failure> {
+        let user = self.user().cloned();
+        match roster::add(&self.node, name, self.outbox.id(), user.as_ref(), info).await {
+            Ok(event) => Ok(event),
+            Err(e) => {
+                self.leave(name);
+                roster::remove(&self.node, name, self.outbox.id(), user.as_ref()).await;
+                Err((ErrorCode::BrokerUnavailable, e.to_string().into()))
+            }
+        }
+    }
+
+    /// `presence` (`stats`: `presence_stats`): the group's members (or
+    /// counts) across the cluster, for a connection allowed to join it;
+    /// answered whether or not it had an id.
+    async fn presence(&mut self, group: &str, stats: bool, id: Option<&RawValue>) -> Result<(), Failure> {
+        self.may_join(group)?;
+        let payload = roster::read(&self.node, group, stats, id)
+            .await
+            .map_err(|(code, m)| (code, m.into()))?;
+        self.reply(payload);
+        Ok(())
     }
 
     /// Whether the token allows joining (or reading the history of) `group`.
@@ -513,12 +595,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         Ok(())
     }
 
-    /// `leave` (idempotent).
-    fn leave(&mut self, group: &str) {
-        if let Some(pos) = self.membership.groups.iter().position(|g| **g == *group) {
-            let name = self.membership.groups.swap_remove(pos);
-            self.leave_hub(&name);
-        }
+    /// `leave` (idempotent): out of the hub; returns the group's name
+    /// when the connection was a member (presence is the caller's).
+    fn leave(&mut self, group: &str) -> Option<Arc<str>> {
+        let pos = self.membership.groups.iter().position(|g| **g == *group)?;
+        let name = self.membership.groups.swap_remove(pos);
+        self.leave_hub(&name);
+        Some(name)
     }
 
     /// `publish`: hand the payload to the broker for every member.
@@ -566,6 +649,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             .collect();
         for group in revoked {
             self.leave(&group);
+            roster::remove(&self.node, &group, self.outbox.id(), self.user()).await;
             self.reply(protocol::left(&group, "the new token does not allow this group"));
         }
         self.expires = new.deadline(Instant::now());
@@ -676,8 +760,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Leave every group, telling the broker about groups that became
     /// empty; [`Membership`]'s drop then unregisters.
     async fn cleanup(&mut self) {
+        let user = self.user().cloned();
         for name in std::mem::take(&mut self.membership.groups) {
             self.leave_hub(&name);
+            roster::remove_later(&self.node, name, self.outbox.id(), user.clone());
         }
         self.outbox.discard();
     }

@@ -644,6 +644,8 @@ fn history_config() -> Config {
             prefix: "chat:".into(),
             history_size: 100,
             history_ttl: Duration::from_secs(60),
+            presence: false,
+            join_leave: false,
         }],
         message_rate: 0,
         ..config()

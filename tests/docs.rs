@@ -573,6 +573,39 @@ async fn http_api_curl_examples() {
     server.stop().await;
 }
 
+/// http-api.md's presence examples: `room:` has presence, on a node named
+/// `web-1`; Ann joins with info, then a second connection.
+#[tokio::test]
+async fn http_api_presence_examples() {
+    let server = start(Config {
+        node_name: Some("web-1".into()),
+        groups: vec![roomcast::groups::GroupRule {
+            prefix: "room:".into(),
+            history_size: 0,
+            history_ttl: std::time::Duration::from_secs(60),
+            presence: true,
+            join_leave: false,
+        }],
+        ..config()
+    })
+    .await;
+    let (mut ann, _) = connect(&server).await;
+    let (mut other, _) = connect(&server).await;
+    let r = request(
+        &mut ann,
+        json!({"type":"join","group":"room:1","info":{"name":"Ann"},"id":1}),
+    )
+    .await;
+    assert_eq!(r["type"], "ack", "{r}");
+    let r = request(&mut other, json!({"type":"join","group":"room:1","id":1})).await;
+    assert_eq!(r["type"], "ack", "{r}");
+    let addr = server.addr;
+    check_curl(HTTP_API, "/api/groups/room:1/presence'", addr, &[]).await;
+    check_curl(HTTP_API, "/api/groups/room:1/presence_stats'", addr, &[]).await;
+    check_curl(HTTP_API, "/api/groups/lobby/presence'", addr, &[]).await;
+    server.stop().await;
+}
+
 /// The access-control examples with a key configured (run from loopback;
 /// the one from another address cannot be).
 #[tokio::test]

@@ -85,6 +85,8 @@ fn rules(size: usize) -> Vec<GroupRule> {
         prefix: "chat:".into(),
         history_size: size,
         history_ttl: Duration::from_secs(60),
+        presence: false,
+        join_leave: false,
     }]
 }
 

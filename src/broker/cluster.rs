@@ -52,6 +52,10 @@ pub const PING_EVERY: Duration = Duration::from_millis(500);
 /// the broker's answer before the broker counts as down. With the ping
 /// interval, a hung broker is noticed within about 2 s.
 pub const PING_TIMEOUT: Duration = Duration::from_millis(1500);
+/// How long a history read may take. Longer than [`PING_TIMEOUT`]: a read
+/// is many round trips on NATS (one per publication read), and a slow read
+/// says nothing about the broker's health (pings do).
+pub const HISTORY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Publications waiting for the broker, at most; more are refused.
 pub const QUEUE: usize = 65_536;
 /// Bytes of publications waiting for the broker, at most; more are
@@ -341,7 +345,9 @@ impl Broker for ClusterBroker {
         let mut keep = None;
         let (channel, conn) = match &publication.target {
             Target::Group(g) => {
-                keep = Some(self.shared.rules.features(g)).filter(Features::history);
+                // Events (joined, left) are never kept.
+                keep = Some(self.shared.rules.features(g))
+                    .filter(|f| f.history() && !matches!(publication.payload, super::Payload::Event(_)));
                 (Channel::Group(g.clone()), None)
             }
             Target::All => (Channel::All, None),
@@ -564,8 +570,9 @@ impl Shared {
             .ok_or_else(|| HistoryError::Unavailable(self.unavailable().to_string()))?;
         let keep = self.rules.features(group);
         let epoch = history::new_epoch();
-        let raw = within(link.history(group, since, limit, keep, &epoch))
+        let raw = timeout(HISTORY_TIMEOUT, link.history(group, since, limit, keep, &epoch))
             .await
+            .unwrap_or_else(|_| Err(format!("no answer within {HISTORY_TIMEOUT:?}")))
             .map_err(|e| HistoryError::Unavailable(format!("{} broker: {e}", self.kind)))?;
         let cut = raw.entries.len() > limit;
         let mut entries = Vec::with_capacity(raw.entries.len().min(limit));

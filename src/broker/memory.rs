@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::{Broker, Pending, Publication, Status, Target, deliver_local, disconnect_local};
+use super::{Broker, Payload, Pending, Publication, Status, Target, deliver_local, disconnect_local};
 use crate::disconnect::ApiClose;
 use crate::groups::GroupRules;
 use crate::history::MemoryHistory;
@@ -30,7 +30,7 @@ impl Broker for MemoryBroker {
     fn publish(&self, publication: Publication) -> Pending {
         if let Target::Group(g) = &publication.target {
             let features = self.rules.features(g);
-            if features.history() {
+            if features.history() && !matches!(publication.payload, Payload::Event(_)) {
                 // Offsets are delivered in order: the fan-out runs under
                 // the stream's lock.
                 let r = self.history.append(g, features, &publication, |offset| {

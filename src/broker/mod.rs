@@ -9,8 +9,10 @@
 //! ([`Prepared`]).
 //!
 //! As in centrifuge, the broker is only publish, subscribe, unsubscribe and
-//! a handler for what arrives; history and presence will stand beside it
-//! behind interfaces of their own.
+//! a handler for what arrives; history and presence stand beside it behind
+//! interfaces of their own ([`crate::history`], [`crate::presence`]). The
+//! broker carries presence's `joined` and `left` events
+//! ([`Payload::Event`]), never kept in history.
 
 pub mod cluster;
 pub mod memory;
@@ -149,6 +151,7 @@ pub fn prepare(hub: &Hub, p: &Publication, offset: Option<u64>) -> Prepared {
         Payload::Binary(data) => {
             Prepared::binary(protocol::message_binary(group.unwrap_or(""), offset, data), c)
         }
+        Payload::Event(data) => Prepared::copy_of(crate::ws::frame::OP_TEXT, data, c),
     }
 }
 

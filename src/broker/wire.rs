@@ -9,6 +9,8 @@
 //! kind 4 (disconnect): conn:u64 code:u16 len:u8 reason
 //! flag 2 (from):       len:u8 node conn:u64
 //! flag 4 (user):       len:u16 user
+//! flag 8 (event):      the payload is a whole server message (JSON text,
+//!                      a `joined`/`left` event), delivered as it is
 //! the rest:            the payload (JSON text, or bytes when flag 1 is set)
 //! ```
 //!
@@ -35,6 +37,7 @@ const KIND_DISCONNECT: u8 = 4;
 const FLAG_BINARY: u8 = 1;
 const FLAG_FROM: u8 = 2;
 const FLAG_USER: u8 = 4;
+const FLAG_EVENT: u8 = 8;
 
 /// A decoded envelope.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,8 +55,10 @@ pub fn encode_publication(p: &Publication) -> Bytes {
     let payload = p.payload.bytes();
     let mut out = BytesMut::with_capacity(64 + payload.len());
     let mut flags = 0;
-    if matches!(p.payload, Payload::Binary(_)) {
-        flags |= FLAG_BINARY;
+    match p.payload {
+        Payload::Binary(_) => flags |= FLAG_BINARY,
+        Payload::Event(_) => flags |= FLAG_EVENT,
+        Payload::Json(_) => {}
     }
     if p.from.is_some() {
         flags |= FLAG_FROM;
@@ -120,7 +125,11 @@ fn truncate(s: &str, max: usize) -> &str {
 pub fn decode(message: &Bytes, node: Option<&Arc<str>>) -> Option<Envelope> {
     let mut r = Reader { buf: message, at: 0 };
     let [magic, version, kind, flags] = r.array::<4>()?;
-    if magic != MAGIC || version != VERSION || flags & !(FLAG_BINARY | FLAG_FROM | FLAG_USER) != 0 {
+    if magic != MAGIC
+        || version != VERSION
+        || flags & !(FLAG_BINARY | FLAG_FROM | FLAG_USER | FLAG_EVENT) != 0
+        || flags & (FLAG_BINARY | FLAG_EVENT) == (FLAG_BINARY | FLAG_EVENT)
+    {
         return None;
     }
     let local = |conn| ClientId {
@@ -178,7 +187,11 @@ pub fn decode(message: &Bytes, node: Option<&Arc<str>>) -> Option<Envelope> {
         // JSON text goes into frames verbatim: it must at least be UTF-8
         // (the publishing node checked it is JSON).
         std::str::from_utf8(&data).ok()?;
-        Payload::Json(data)
+        if flags & FLAG_EVENT != 0 {
+            Payload::Event(data)
+        } else {
+            Payload::Json(data)
+        }
     };
     Some(Envelope::Publication(Publication {
         target,
@@ -254,6 +267,12 @@ mod tests {
                 user: None,
                 payload: Payload::Json(Bytes::from_static(b"null")),
             },
+            Publication {
+                target: Target::Group(Arc::from("g")),
+                from: None,
+                user: None,
+                payload: Payload::Event(Bytes::from_static(br#"{"type":"left"}"#)),
+            },
         ];
         for p in cases {
             let decoded = decode(&encode_publication(&p), Some(&node()));
@@ -283,6 +302,8 @@ mod tests {
             b"R\x01\x03\x00\xff\xfe",
             b"R\x01\x04\x00\x01\0\0\0\0\0\0\0\xe8\x03\x01",
             b"R\x01\x04\x00\x01\0\0\0\0\0\0\0\x01\x00\x00",
+            // An event is JSON text: never with the binary flag.
+            b"R\x01\x03\x09{}",
         ] {
             assert_eq!(decode(&Bytes::copy_from_slice(bad), None), None, "{bad:?}");
         }

@@ -100,6 +100,8 @@ pub fn router(node: Arc<Node>) -> Router<Arc<Node>> {
         .route("/groups", get(list_groups))
         .route("/groups/{group}", get(group_info))
         .route("/groups/{group}/history", get(group_history))
+        .route("/groups/{group}/presence", get(group_presence))
+        .route("/groups/{group}/presence_stats", get(group_presence_stats))
         .route_layer(middleware::from_fn_with_state(node, authorize))
 }
 
@@ -574,10 +576,14 @@ async fn list_groups(
     } else {
         None
     };
-    let groups: Vec<_> = groups
-        .iter()
-        .map(|(name, members)| json!({ "name": &**name, "members": members }))
-        .collect();
+    let mut listed = Vec::with_capacity(groups.len());
+    for (name, members) in &groups {
+        // Across the cluster where presence counts the group; this node's
+        // members otherwise.
+        let members = crate::roster::count(&node, name).await.unwrap_or(*members as u64);
+        listed.push(json!({ "name": &**name, "members": members }));
+    }
+    let groups = listed;
     Ok(axum::Json(json!({ "groups": groups, "next": next })).into_response())
 }
 
@@ -589,6 +595,24 @@ async fn group_info(
     let Path(group) =
         group.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_group", e.body_text()))?;
     check_group(&group)?;
+    if let Some(r) = crate::roster::connections(&node, &group).await {
+        // The group has presence: its members on every node.
+        let (conns, members, truncated) = r.map_err(presence_unavailable)?;
+        if members == 0 {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_group",
+                "no group with that name has members",
+            ));
+        }
+        return Ok(axum::Json(json!({
+            "name": group,
+            "members": members,
+            "connections": conns,
+            "truncated": truncated,
+        }))
+        .into_response());
+    }
     let ids = node.hub.group_members(&group).ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -598,6 +622,55 @@ async fn group_info(
     })?;
     let conns: Vec<String> = ids.iter().map(|&id| node.client_id(id).to_string()).collect();
     Ok(axum::Json(json!({ "name": group, "members": conns.len(), "connections": conns })).into_response())
+}
+
+fn presence_unavailable(e: crate::presence::PresenceError) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "broker_unavailable",
+        e.to_string(),
+    )
+}
+
+/// `GET /api/groups/{group}/presence`: the group's members across the
+/// cluster (at most `max_presence_members`), with its counts.
+async fn group_presence(
+    State(node): State<Arc<Node>>,
+    group: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> ApiResult {
+    presence_answer(&node, group, false).await
+}
+
+/// `GET /api/groups/{group}/presence_stats`: the group's counts.
+async fn group_presence_stats(
+    State(node): State<Arc<Node>>,
+    group: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> ApiResult {
+    presence_answer(&node, group, true).await
+}
+
+async fn presence_answer(
+    node: &Node,
+    group: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    stats: bool,
+) -> ApiResult {
+    let Path(group) =
+        group.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_group", e.body_text()))?;
+    check_group(&group)?;
+    let body =
+        crate::roster::read(node, &group, stats, None)
+            .await
+            .map_err(|(code, message)| match code {
+                crate::protocol::ErrorCode::NoPresence => {
+                    ApiError::new(StatusCode::NOT_FOUND, "no_presence", message)
+                }
+                _ => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "broker_unavailable", message),
+            })?;
+    Ok((
+        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        body.to_vec(),
+    )
+        .into_response())
 }
 
 #[derive(Deserialize)]

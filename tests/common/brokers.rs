@@ -5,7 +5,8 @@
 //! The binaries come from Debian's `redis-server` and `nats-server`
 //! packages. When one is missing, the first test that needs it installs
 //! it (`apt-get`, as root) or fails naming the exact command to run: a
-//! cluster test never skips.
+//! cluster test never skips. nats-server runs with JetStream (`-js`, its
+//! store in a temporary directory of the test's own), which presence uses.
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -88,6 +89,9 @@ pub struct BrokerProcess {
     pub kind: Kind,
     pub port: u16,
     child: Option<Child>,
+    /// NATS: JetStream's store directory (presence uses JetStream), a
+    /// temporary one of this test's own, kept across restarts.
+    store: tempfile::TempDir,
 }
 
 impl BrokerProcess {
@@ -97,6 +101,7 @@ impl BrokerProcess {
             kind,
             port: free_port(),
             child: None,
+            store: tempfile::tempdir().expect("a temporary directory"),
         };
         b.restart();
         b
@@ -128,7 +133,8 @@ impl BrokerProcess {
                 "--protected-mode",
                 "no",
             ]),
-            // JetStream (history), storing in a directory of this broker's.
+            // JetStream (history, presence), storing in a directory of this
+            // broker's.
             Kind::Nats => cmd
                 .args(["-a", "127.0.0.1", "-p", &port, "-js", "-sd"])
                 .arg(self.store_dir()),
@@ -172,7 +178,7 @@ impl BrokerProcess {
 
     /// Where a NATS server keeps its JetStream data.
     fn store_dir(&self) -> std::path::PathBuf {
-        std::env::temp_dir().join(format!("roomcast-test-nats-{}-{}", std::process::id(), self.port))
+        self.store.path().to_path_buf()
     }
 
     /// Kill it and start it again without any data (Redis runs without
@@ -180,6 +186,7 @@ impl BrokerProcess {
     pub fn restart_empty(&mut self) {
         self.kill();
         let _ = std::fs::remove_dir_all(self.store_dir());
+        let _ = std::fs::create_dir_all(self.store_dir());
         self.restart();
     }
 
@@ -209,6 +216,5 @@ impl Drop for BrokerProcess {
             let _ = Command::new("kill").args(["-CONT", &c.id().to_string()]).status();
         }
         self.kill();
-        let _ = std::fs::remove_dir_all(self.store_dir());
     }
 }
