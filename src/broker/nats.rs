@@ -478,6 +478,11 @@ impl Link for NatsLink {
     }
 }
 
+/// From how many stream sequences between the offset asked and the
+/// group's last a read streams through an ordered consumer rather than
+/// direct gets.
+const CONSUMER_READ: u64 = 32;
+
 /// Whether a direct get found nothing (as opposed to failing).
 fn not_found(e: &jetstream::stream::DirectGetError) -> bool {
     matches!(e.kind(), jetstream::stream::DirectGetErrorKind::NotFound)
@@ -553,6 +558,36 @@ async fn read_history(
         None => (first.unwrap_or(0), usize::MAX),
     };
     let mut entries = std::collections::VecDeque::new();
+    if top.saturating_sub(at) >= CONSUMER_READ {
+        // Many to read: one ordered consumer streams them, instead of a
+        // round trip each.
+        let consumer = stream
+            .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                filter_subject: subject.to_string(),
+                deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence { start_sequence: at },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+        while entries.len() < want {
+            let Some(m) = messages.next().await else { break };
+            let m = m.map_err(|e| e.to_string())?;
+            let seq = m.info().map_err(|e| e.to_string())?.stream_sequence;
+            if seq > top {
+                break;
+            }
+            entries.push_back((seq, m.payload.clone()));
+            if since.is_none() && entries.len() > limit {
+                entries.pop_front();
+            }
+            if seq == top {
+                break;
+            }
+        }
+        page.entries = entries.into();
+        return Ok(page);
+    }
     while entries.len() < want {
         match stream.direct_get_next_for_subject(subject, Some(at)).await {
             // Only up to the position read above: what comes later is live
